@@ -1,0 +1,213 @@
+"""`load_clip`: a frozen keras-hub CLIP backbone from wherever a user holds CLIP."""
+
+import json
+import math
+import os
+import zipfile
+
+import keras_hub
+import numpy as np
+
+from cocoop_tf.clip.backbone import CLIPArchitecture
+from cocoop_tf.clip.backbone import architecture_of
+from cocoop_tf.clip.backbone import build_backbone
+from cocoop_tf.clip.backbone import freeze
+from cocoop_tf.clip.convert import CheckpointError
+from cocoop_tf.clip.convert import architecture_from_hf_config
+from cocoop_tf.clip.convert import backbone_from_openai
+from cocoop_tf.clip.convert import check_not_resnet
+from cocoop_tf.clip.convert import load_hf_weights
+
+# Randomly initialised architectures for tests and benchmarks (no real weights).
+RANDOM_CONFIGS = {
+    # A small ViT CLIP with the real tokenizer's vocabulary and context.
+    "random_tiny": CLIPArchitecture(
+        image_size=32, patch_size=8, vision_width=64, vision_layers=2,
+        vision_heads=2, vision_mlp_width=256, vocabulary_size=49408,
+        context_length=77, text_width=64, text_layers=2, text_heads=2,
+        text_mlp_width=256, projection_dim=32,
+    ),
+    # ViT-B/16's exact shapes.
+    "random_vit_b16": CLIPArchitecture(
+        image_size=224, patch_size=16, vision_width=768, vision_layers=12,
+        vision_heads=12, vision_mlp_width=3072, vocabulary_size=49408,
+        context_length=77, text_width=512, text_layers=12, text_heads=8,
+        text_mlp_width=2048, projection_dim=512,
+    ),
+}
+
+
+def load_clip(
+    source,
+    *,
+    dtype=None,
+    vision_heads=None,
+    text_heads=None,
+    activation="quick_gelu",
+    seed=0,
+):
+    """Loads a frozen CLIP ViT backbone as a `keras_hub.models.CLIPBackbone`.
+
+    `source` may be:
+    - a keras-hub preset name such as `"clip_vit_base_patch16"` (downloaded by
+      keras-hub, so it needs network) or a local keras-hub preset folder;
+    - a Hugging Face `CLIPModel` folder (`config.json` with `model.safetensors`
+      or `pytorch_model.bin`), e.g. a downloaded `openai/clip-vit-base-patch16`;
+    - an OpenAI / open_clip state dict file: `.pt`/`.pth`/`.bin` (needs PyTorch;
+      OpenAI's TorchScript archives such as `ViT-B-16.pt` included) or
+      `.safetensors`;
+    - `"random_tiny"` or `"random_vit_b16"`: randomly initialised models for
+      tests and benchmarks, seeded by `seed`.
+
+    The architecture is read from the checkpoint. Every weight is frozen.
+
+    Args:
+        source: one of the above, a string or path.
+        dtype: optional Keras dtype policy for the backbone's computations.
+        vision_heads: OpenAI-layout files only: vision attention heads, if
+            not width // 64 (OpenAI's rule; some open_clip models differ).
+        text_heads: OpenAI-layout files only: text attention heads.
+        activation: OpenAI-layout files only: `"quick_gelu"` for OpenAI's
+            models, `"gelu"` for open_clip models trained with plain GELU.
+        seed: seed of the random configurations.
+
+    Returns:
+        A frozen `keras_hub.models.CLIPBackbone`.
+    """
+    source = os.fspath(source)
+    if source in RANDOM_CONFIGS:
+        backbone = _random_backbone(RANDOM_CONFIGS[source], seed, dtype)
+    elif os.path.isdir(source):
+        backbone = _load_folder(source, dtype)
+    elif os.path.isfile(source):
+        state_dict = _read_state_dict(source)
+        backbone = backbone_from_openai(
+            state_dict, vision_heads, text_heads, activation, dtype=dtype
+        )
+    elif source in keras_hub.models.CLIPBackbone.presets:
+        backbone = _load_keras_hub_preset(source, dtype)
+    else:
+        raise ValueError(
+            f"Unknown CLIP source {source!r}: it is not an existing file or "
+            "folder, nor a keras-hub CLIP preset "
+            f"({', '.join(sorted(keras_hub.models.CLIPBackbone.presets))}), "
+            f"nor a random test configuration ({', '.join(RANDOM_CONFIGS)}). "
+            "Check the spelling or the path."
+        )
+    return freeze(backbone)
+
+
+def _random_backbone(architecture, seed, dtype):
+    backbone = build_backbone(architecture, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for variable in backbone.trainable_weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        if name == "gamma":
+            value = np.ones(variable.shape)
+        elif name in ("beta", "bias"):
+            value = np.zeros(variable.shape)
+        elif name == "logit_scale":
+            value = np.array(math.log(100.0))  # released models' temperature
+        else:
+            value = rng.normal(0.0, 0.02, variable.shape)
+        variable.assign(value.astype("float32"))
+    return backbone
+
+
+def _load_folder(folder, dtype):
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(
+            f"{folder!r} is not a CLIP checkpoint folder: it has no config.json. "
+            "Pass a Hugging Face CLIPModel folder, a keras-hub preset folder or "
+            "an OpenAI .pt/.safetensors file."
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if "model_type" in config:
+        backbone = build_backbone(architecture_from_hf_config(config), dtype=dtype)
+        load_hf_weights(backbone, _read_hf_tensors(folder))
+        return backbone
+    if "registered_name" in config or "class_name" in config:
+        return _load_keras_hub_preset(folder, dtype)
+    raise CheckpointError(
+        f"{config_path} is neither a Hugging Face config (no 'model_type') nor "
+        "a keras-hub preset config (no 'class_name')."
+    )
+
+
+def _read_hf_tensors(folder):
+    safetensors_path = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(safetensors_path):
+        from safetensors.numpy import load_file
+
+        return load_file(safetensors_path)
+    torch_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(torch_path):
+        return _read_state_dict(torch_path)
+    raise CheckpointError(
+        f"{folder!r} has a config.json but no model.safetensors or "
+        "pytorch_model.bin; download the weights file too."
+    )
+
+
+def _read_state_dict(path):
+    """Reads a state dict file into NumPy float arrays."""
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        state_dict = load_file(path)
+    else:
+        state_dict = _read_torch_file(path)
+    if "state_dict" in state_dict:  # open_clip training checkpoints
+        state_dict = state_dict["state_dict"]
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    check_not_resnet(state_dict)
+    return state_dict
+
+
+def _read_torch_file(path):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"Reading {path!r} needs PyTorch (`pip install torch`); or convert "
+            "the state dict to .safetensors once and load that."
+        ) from None
+    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint file.")
+    if zipfile.is_zipfile(path) and any(
+        "/code/" in name for name in zipfile.ZipFile(path).namelist()
+    ):
+        # OpenAI's released .pt files are TorchScript archives.
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    return {
+        key: value.float().numpy() if value.is_floating_point() else value.numpy()
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def _is_legacy_torch_file(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"  # pickle protocol 2 header
+
+
+def _load_keras_hub_preset(preset, dtype):
+    try:
+        original = keras_hub.models.CLIPBackbone.from_preset(preset, dtype=dtype)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not load the keras-hub preset {preset!r} ({error}). Preset "
+            "names are downloaded by keras-hub and need network access; "
+            "without it, download the preset elsewhere (or a Hugging Face "
+            "CLIPModel folder, or OpenAI's .pt file) and pass its path."
+        ) from error
+    # Rebuild with the corrected text layer norm, then copy the weights over.
+    backbone = build_backbone(architecture_of(original), dtype=dtype)
+    backbone.set_weights(original.get_weights())
+    return backbone

@@ -1,0 +1,48 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+from cocoop_tf.clip.backbone import CLIP_MEAN
+from cocoop_tf.clip.backbone import CLIP_STD
+
+
+def max_relative_difference(actual, expected):
+    """max |actual - expected| over max |expected|: the error relative to the scale."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def normalized_nchw(images):
+    """The reference models' input: CLIP-normalised, channels first."""
+    x = (np.asarray(images, np.float32) / 255.0 - np.array(CLIP_MEAN, np.float32)) / np.array(
+        CLIP_STD, np.float32
+    )
+    return np.transpose(x, (0, 3, 1, 2)).copy()
+
+
+def randomize_torch_module(module, seed):
+    """Gives every parameter a distinct random value (layer norms included)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if name.endswith("logit_scale"):
+                parameter.fill_(4.6052)
+            elif "norm" in name or "ln_" in name or "layer_norm" in name:
+                base = 1.0 if name.endswith("weight") else 0.0
+                parameter.copy_(base + 0.1 * noise)
+            else:
+                parameter.copy_(0.05 * noise)
+    return module
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
