@@ -25,9 +25,11 @@ def load_image(path):
     try:
         return tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        # Keep TensorFlow's reason, without its op and device decorations.
+        reason = error.message.split("}}")[-1].split("[Op:")[0].strip()
         raise ValueError(
-            f"Cannot decode {path!r} as an image (corrupt or not JPEG/PNG/"
-            f"GIF/BMP): {error.message.splitlines()[0]}"
+            f"Cannot decode {path!r} as an image (corrupt, or not JPEG/PNG/"
+            f"GIF/BMP): {reason}"
         ) from None
 
 
