@@ -1,0 +1,138 @@
+"""ZeroShotCLIP: prompts, ensembling, class swaps, saving and bad input."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from conftest import max_relative_difference
+
+import cocoop_tf
+from cocoop_tf.clip.backbone import CLIP_MEAN
+from cocoop_tf.clip.backbone import CLIP_STD
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return cocoop_tf.load_clip("random_tiny", seed=3)
+
+
+@pytest.fixture
+def images(rng):
+    return rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _reference_logits(clip, images, prompts_per_class):
+    """CLIP's zero-shot rule written out with the backbone's own encoders."""
+    pixels = (images / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    image = _unit(np.asarray(clip.get_vision_embeddings(pixels.astype("float32"))))
+    classes = []
+    for prompts in prompts_per_class:
+        text = _unit(np.asarray(clip.get_text_embeddings(cocoop_tf.tokenize(prompts))))
+        classes.append(_unit(text.mean(axis=0)))
+    scale = np.exp(float(clip.clip_head.logit_scale))
+    return scale * image @ np.stack(classes).T
+
+
+def test_logits_follow_clip_zero_shot_rule(clip, images):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["golden_retriever", "tabby cat", "747-400"])
+    expected = _reference_logits(
+        clip,
+        images,
+        [["a photo of a golden retriever."], ["a photo of a tabby cat."], ["a photo of a 747-400."]],
+    )
+    assert max_relative_difference(model(images), expected) <= 1e-5
+    assert max_relative_difference(model.predict(images, verbose=0), expected) <= 1e-5
+
+
+def test_template_ensemble_averages_normalised_features(clip, images):
+    templates = ["a photo of a {}.", "{} texture.", "a centered satellite photo of {}."]
+    model = cocoop_tf.ZeroShotCLIP(clip, ["river", "forest"], template=templates)
+    expected = _reference_logits(
+        clip, images, [[t.format(c) for t in templates] for c in ("river", "forest")]
+    )
+    assert max_relative_difference(model(images), expected) <= 1e-5
+
+
+def test_set_classnames_swaps_classes_in_compiled_predict(clip, images):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b", "c"])
+    assert model.predict(images, verbose=0).shape == (4, 3)
+    model.set_classnames(["dog", "cat"])
+    swapped = model.predict(images, verbose=0)
+    fresh = cocoop_tf.ZeroShotCLIP(clip, ["dog", "cat"]).predict(images, verbose=0)
+    np.testing.assert_allclose(swapped, fresh, rtol=1e-6)
+
+
+def test_uint8_images_accepted(clip, images):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b"])
+    as_uint8 = images.round().astype("uint8")
+    np.testing.assert_allclose(
+        model(as_uint8), model(as_uint8.astype("float32")), rtol=1e-6
+    )
+
+
+def test_save_and_load_in_a_clean_process(clip, images, tmp_path):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["tabby_cat", "dog"], template=["a photo of a {}.", "a {}"])
+    expected = np.asarray(model(images))
+    path = tmp_path / "zero_shot.keras"
+    model.save(path)
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, keras
+        import cocoop_tf  # registers the serialisable classes
+        model = keras.models.load_model({str(path)!r})
+        assert model.classnames == ["tabby cat", "dog"], model.classnames
+        np.save({str(tmp_path / "logits.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_is_frozen(clip):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a"])
+    assert model.trainable_weights == []
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def test_wrong_image_size_names_the_fix(clip):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b"])
+    with pytest.raises(ValueError, match="32x32 pixels.*got shape \\(2, 64, 64, 3\\).*centre-crop"):
+        model(np.zeros((2, 64, 64, 3), "float32"))
+
+
+def test_wrong_channel_count(clip):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b"])
+    with pytest.raises(ValueError, match="3 RGB channels.*got 4"):
+        model(np.zeros((2, 32, 32, 4), "float32"))
+    with pytest.raises(ValueError, match="batch axis"):
+        model(np.zeros((32, 32, 3), "float32"))
+
+
+def test_empty_class_list(clip):
+    with pytest.raises(ValueError, match="class list is empty"):
+        cocoop_tf.ZeroShotCLIP(clip, [])
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        cocoop_tf.ZeroShotCLIP(clip, "cat")
+    with pytest.raises(ValueError, match="Duplicate class names"):
+        cocoop_tf.ZeroShotCLIP(clip, ["cat", "cat"])
+
+
+def test_class_name_too_long_is_named(clip):
+    long_name = "very " * 80 + "long_class"
+    with pytest.raises(ValueError, match="class name 'very very.*does not fit.*context length is 77"):
+        cocoop_tf.ZeroShotCLIP(clip, ["cat", long_name])
+
+
+def test_bad_template(clip):
+    with pytest.raises(ValueError, match="exactly one '\\{\\}'"):
+        cocoop_tf.ZeroShotCLIP(clip, ["cat"], template="a photo")
