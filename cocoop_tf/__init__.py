@@ -7,6 +7,9 @@ inside the graph.
 
 from cocoop_tf.clip import load_clip
 from cocoop_tf.clip import tokenize
+from cocoop_tf.models import CoCoOp
+from cocoop_tf.models import CoOp
 from cocoop_tf.models import ZeroShotCLIP
+from cocoop_tf.training import paper_optimizer
 
 __version__ = "0.1.0"

@@ -1,9 +1,11 @@
 """Frozen CLIP backbones (keras-hub's `CLIPBackbone`) built from an architecture."""
 
 import dataclasses
+import math
 
 import keras
 import keras_hub
+import numpy as np
 
 # OpenAI CLIP's image normalisation, applied to pixels scaled to 0..1.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -143,6 +145,36 @@ def build_backbone(architecture, dtype=None):
     embedding.position_ids.assign(
         keras.ops.arange(embedding.num_positions)[None, :]
     )
+    return backbone
+
+
+def random_backbone(architecture, seed=0, dtype=None):
+    """Builds a backbone with seeded random weights, for tests and benchmarks.
+
+    Layer norms start as identity, biases at zero, other weights as N(0, 0.02)
+    draws, and the logit scale at log(100) as in released models.
+
+    Args:
+        architecture: a `CLIPArchitecture`.
+        seed: seed of the NumPy generator that draws the weights.
+        dtype: optional Keras dtype policy.
+
+    Returns:
+        A `keras_hub.models.CLIPBackbone`.
+    """
+    backbone = build_backbone(architecture, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for variable in backbone.trainable_weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        if name == "gamma":
+            value = np.ones(variable.shape)
+        elif name in ("beta", "bias"):
+            value = np.zeros(variable.shape)
+        elif name == "logit_scale":
+            value = np.array(math.log(100.0))
+        else:
+            value = rng.normal(0.0, 0.02, variable.shape)
+        variable.assign(value.astype("float32"))
     return backbone
 
 

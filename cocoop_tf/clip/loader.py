@@ -1,17 +1,16 @@
 """`load_clip`: a frozen keras-hub CLIP backbone from wherever a user holds CLIP."""
 
 import json
-import math
 import os
 import zipfile
 
 import keras_hub
-import numpy as np
 
 from cocoop_tf.clip.backbone import CLIPArchitecture
 from cocoop_tf.clip.backbone import architecture_of
 from cocoop_tf.clip.backbone import build_backbone
 from cocoop_tf.clip.backbone import freeze
+from cocoop_tf.clip.backbone import random_backbone
 from cocoop_tf.clip.convert import CheckpointError
 from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
@@ -76,7 +75,7 @@ def load_clip(
     """
     source = os.fspath(source)
     if source in RANDOM_CONFIGS:
-        backbone = _random_backbone(RANDOM_CONFIGS[source], seed, dtype)
+        backbone = random_backbone(RANDOM_CONFIGS[source], seed, dtype)
     elif os.path.isdir(source):
         backbone = _load_folder(source, dtype)
     elif os.path.isfile(source):
@@ -95,23 +94,6 @@ def load_clip(
             "Check the spelling or the path."
         )
     return freeze(backbone)
-
-
-def _random_backbone(architecture, seed, dtype):
-    backbone = build_backbone(architecture, dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for variable in backbone.trainable_weights:
-        name = variable.path.rsplit("/", 1)[-1]
-        if name == "gamma":
-            value = np.ones(variable.shape)
-        elif name in ("beta", "bias"):
-            value = np.zeros(variable.shape)
-        elif name == "logit_scale":
-            value = np.array(math.log(100.0))  # released models' temperature
-        else:
-            value = rng.normal(0.0, 0.02, variable.shape)
-        variable.assign(value.astype("float32"))
-    return backbone
 
 
 def _load_folder(folder, dtype):

@@ -1,0 +1,52 @@
+"""CoCoOp: conditional context optimisation."""
+
+import keras
+from keras import ops
+
+from cocoop_tf.layers.meta_net import MetaNet
+from cocoop_tf.models.prompt_learning import PromptLearningModel
+from cocoop_tf.models.zero_shot_clip import l2_normalize
+
+
+@keras.saving.register_keras_serializable(package="cocoop_tf")
+class CoCoOp(PromptLearningModel):
+    """CoCoOp (Zhou et al., CVPR 2022): instance-conditional prompts for CLIP.
+
+    For each image `x`, the Meta-Net maps its normalised CLIP feature to `pi`,
+    added to every context vector: the prompt of class `i` is
+    `[v_1 + pi, ..., v_M + pi, c_i]`, and
+    `logits_i = exp(logit_scale) * cos(f(x), g(t_i(x)))`. Only the context
+    vectors and the Meta-Net are trained (35 360 numbers for ViT-B/16).
+
+    Takes RGB images as pixel values 0..255, `[B, S, S, 3]`; returns logits
+    `[B, num_classes]`.
+
+    Args:
+        clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
+        classnames: list of class names; underscores become spaces.
+        n_ctx: number of context vectors; must match `ctx_init`'s word count
+            when both are given (None: take it from `ctx_init`).
+        ctx_init: words whose token embeddings initialise the context, or
+            None for N(0, 0.02) vectors.
+        reduction: the Meta-Net's hidden width is `projection_dim // reduction`.
+        **kwargs: standard `keras.Model` arguments.
+    """
+
+    def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", reduction=16, **kwargs):
+        super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, **kwargs)
+        self.reduction = reduction
+        self.meta_net = MetaNet(clip.text_encoder.embedding_dim, reduction=reduction, name="meta_net")
+        self.meta_net.build((None, clip.projection_dim))
+
+    def call(self, images):
+        image_features = self.encode_images(images)
+        context = self.prompt_learner(self.meta_net(image_features))
+        text_features = l2_normalize(self.prompt_text_encoder(context, self.token_ids))
+        text_features = ops.cast(text_features, image_features.dtype)
+        logits = ops.einsum("bd,bcd->bc", image_features, text_features)
+        return self.logit_scale(logits.dtype) * logits
+
+    def get_config(self):
+        config = super().get_config()
+        config["reduction"] = self.reduction
+        return config

@@ -1,0 +1,49 @@
+"""CoOp: context optimisation with one learned prompt for all images."""
+
+import keras
+from keras import ops
+
+from cocoop_tf.models.prompt_learning import PromptLearningModel
+from cocoop_tf.models.zero_shot_clip import l2_normalize
+
+
+@keras.saving.register_keras_serializable(package="cocoop_tf")
+class CoOp(PromptLearningModel):
+    """CoOp (Zhou et al., IJCV 2022): learned context vectors shared by all images.
+
+    The prompt of class `i` is `[v_1, ..., v_M, c_i]` (or, class-specific,
+    `[v_1^i, ..., v_M^i, c_i]`); `logits_i = exp(logit_scale) * cos(f(x), g(t_i))`.
+
+    Takes RGB images as pixel values 0..255, `[B, S, S, 3]`; returns logits
+    `[B, num_classes]`.
+
+    Args:
+        clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
+        classnames: list of class names; underscores become spaces.
+        n_ctx: number of context vectors (see `CoCoOp`).
+        ctx_init: initial context words, or None for N(0, 0.02) vectors.
+        class_specific: one context per class (CoOp's "CSC" variant); such a
+            model cannot be moved to another number of classes.
+        **kwargs: standard `keras.Model` arguments.
+    """
+
+    def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", class_specific=False, **kwargs):
+        super().__init__(
+            clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific, **kwargs
+        )
+
+    def call(self, images):
+        image_features = self.encode_images(images)
+        text_features = self.prompt_text_encoder(self.prompt_learner(), self.token_ids)
+        text_features = ops.cast(l2_normalize(text_features[0]), image_features.dtype)
+        logits = ops.matmul(image_features, ops.transpose(text_features))
+        return self.logit_scale(logits.dtype) * logits
+
+    @classmethod
+    def _constructor_options(cls, metadata):
+        return {"class_specific": metadata["class_specific"] == "True"}
+
+    def get_config(self):
+        config = super().get_config()
+        config["class_specific"] = self.class_specific
+        return config

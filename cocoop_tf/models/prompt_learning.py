@@ -1,0 +1,265 @@
+"""What CoOp and CoCoOp share: prompts, class swaps, training steps, prompt files."""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from cocoop_tf.clip.prompts import clean_classnames
+from cocoop_tf.clip.prompts import tokenize_prompts
+from cocoop_tf.clip.tokenizer import tokenize
+from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.layers.prompt_learner import PromptLearner
+from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
+from cocoop_tf.models.zero_shot_clip import l2_normalize
+
+PROMPT_FORMAT = "cocoop_tf.prompt/1"
+
+
+class PromptLearningModel(keras.Model):
+    """Base of `CoOp` and `CoCoOp`; not used directly.
+
+    Prompts of class `c` are `"{ctx words} {name}."` tokenised with CLIP's BPE;
+    the context words' embeddings are replaced by learned vectors. With
+    `ctx_init` (e.g. "a photo of a") the number of context vectors is its
+    number of words and they start as those words' token embeddings; without
+    it they are `n_ctx` draws from N(0, 0.02). The backbone stays frozen.
+
+    `compile()` defaults to the paper's loss (cross-entropy on the logits)
+    and an accuracy metric; pass `optimizer=cocoop_tf.paper_optimizer(...)`
+    for the paper's optimiser.
+    """
+
+    def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", class_specific=False, **kwargs):
+        super().__init__(**kwargs)
+        if ctx_init:
+            words = ctx_init.split()
+            if n_ctx is not None and n_ctx != len(words):
+                raise ValueError(
+                    f"ctx_init {ctx_init!r} has {len(words)} words but n_ctx={n_ctx}; "
+                    f"pass n_ctx={len(words)} (or None), or ctx_init=None for "
+                    f"{n_ctx} random context vectors."
+                )
+            n_ctx = len(words)
+            ctx_init = " ".join(words)
+        elif not n_ctx:
+            raise ValueError("Give ctx_init words or a number of context vectors n_ctx.")
+        self.clip = clip
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init or None
+        self.class_specific = bool(class_specific)
+        # Placeholder words for random contexts, as in the reference implementation.
+        self.prompt_prefix = ctx_init or " ".join(["X"] * n_ctx)
+        self.image_normalization = CLIPImageNormalization(
+            clip.vision_encoder.image_shape[0], dtype=clip.dtype_policy, name="image_normalization"
+        )
+        self.prompt_text_encoder = PromptTextEncoder(
+            clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
+        )
+        self.set_classnames(classnames)
+        self.prompt_learner = PromptLearner(
+            n_ctx,
+            clip.text_encoder.embedding_dim,
+            num_classes=len(self.classnames) if class_specific else None,
+            name="prompt_learner",
+        )
+        if ctx_init:
+            ids = tokenize(ctx_init, clip.text_encoder.max_sequence_length)
+            embedded = clip.text_encoder.embedding.token_embedding(ids)
+            self.prompt_learner.set_context(embedded[0, 1 : 1 + n_ctx])
+
+    # --- classes ---------------------------------------------------------------
+
+    def set_classnames(self, classnames):
+        """Replaces the class set (e.g. base -> new classes); learned weights stay.
+
+        Args:
+            classnames: list of class names; underscores become spaces.
+        """
+        classnames = clean_classnames(classnames)
+        if self.class_specific and hasattr(self, "classnames") and len(classnames) != len(self.classnames):
+            raise ValueError(
+                f"This model learned one context per class for {len(self.classnames)} "
+                f"classes; it cannot serve {len(classnames)} classes. Use a shared "
+                "context (class_specific=False) to transfer to new classes."
+            )
+        texts = [f"{self.prompt_prefix} {name}." for name in classnames]
+        context_length = self.clip.text_encoder.max_sequence_length
+        self.token_ids = tokenize_prompts(texts, classnames, context_length)
+        self.classnames = classnames
+        # Traced functions hold the old token ids as constants.
+        self.train_function = self.test_function = self.predict_function = None
+
+    # --- shared pieces -----------------------------------------------------------
+
+    def encode_images(self, images):
+        """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
+        images = self.image_normalization(images)
+        return l2_normalize(self.clip.get_vision_embeddings(images))
+
+    def logit_scale(self, dtype):
+        return ops.exp(ops.cast(self.clip.clip_head.logit_scale, dtype))
+
+    # --- training ----------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with the paper's cross-entropy and accuracy by default."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics is None:
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def train_step(self, data):
+        return super().train_step(self._check_labels(data))
+
+    def test_step(self, data):
+        return super().test_step(self._check_labels(data))
+
+    def _check_labels(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("Training and evaluation need (images, labels) pairs.")
+        num_classes = len(self.classnames)
+        y = tf.convert_to_tensor(y)
+        valid = tf.reduce_all((y >= 0) & (y < num_classes))
+        check = tf.debugging.Assert(
+            valid,
+            [f"Labels must be class indices in [0, {num_classes}) for this model's "
+             f"{num_classes} classes; check the labels or set_classnames(). Got:", y],
+        )
+        with tf.control_dependencies([check]):
+            y = tf.identity(y)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    # --- prompt checkpoints --------------------------------------------------------
+
+    def _prompt_metadata(self):
+        return {
+            "format": PROMPT_FORMAT,
+            "method": type(self).__name__,
+            "n_ctx": str(self.n_ctx),
+            "ctx_dim": str(self.clip.text_encoder.embedding_dim),
+            "vis_dim": str(self.clip.projection_dim),
+            "class_specific": str(self.class_specific),
+            "ctx_init": self.ctx_init or "",
+            "classnames": json.dumps(self.classnames),
+        }
+
+    def save_prompt(self, path):
+        """Writes only the learned weights (context, Meta-Net) to a safetensors file.
+
+        About 140 KB for ViT-B/16; apply it to a separately loaded backbone
+        with `load_prompt` or `from_prompt`.
+
+        Args:
+            path: output file, conventionally `*.safetensors`.
+        """
+        from safetensors.numpy import save_file
+
+        tensors = {v.path: np.asarray(v) for v in self.trainable_weights}
+        save_file(tensors, str(path), metadata=self._prompt_metadata())
+
+    def load_prompt(self, path):
+        """Loads learned weights written by `save_prompt` into this model.
+
+        Args:
+            path: a prompt checkpoint file.
+
+        Raises:
+            ValueError: the file was made for another method, context size,
+                or backbone width.
+        """
+        tensors, metadata = read_prompt(path)
+        mine = self._prompt_metadata()
+        for key in ("method", "n_ctx", "ctx_dim", "vis_dim", "class_specific"):
+            if metadata.get(key) != mine[key]:
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r} does not fit this model: its "
+                    f"{key} is {metadata.get(key)} but this model's is {mine[key]}. "
+                    "Load it into a model built the same way, on a backbone of the "
+                    "same widths."
+                )
+        variables = {v.path: v for v in self.trainable_weights}
+        if set(variables) != set(tensors):
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r} holds {sorted(tensors)}, this model "
+                f"learns {sorted(variables)}."
+            )
+        for name, value in tensors.items():
+            if tuple(value.shape) != tuple(variables[name].shape):
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r}: {name} has shape {value.shape}, "
+                    f"this model needs {tuple(variables[name].shape)}."
+                )
+            variables[name].assign(value)
+
+    @classmethod
+    def from_prompt(cls, clip, path, classnames=None, **kwargs):
+        """Builds the model on `clip` with the learned weights of a prompt file.
+
+        Args:
+            clip: a backbone of the widths the prompt was trained on.
+            path: a prompt checkpoint written by `save_prompt`.
+            classnames: the classes to classify; default the training classes.
+            **kwargs: further constructor arguments (e.g. `reduction`).
+        """
+        _, metadata = read_prompt(path)
+        if metadata.get("method") != cls.__name__:
+            raise ValueError(
+                f"{str(path)!r} is a {metadata.get('method')} prompt, not {cls.__name__}; "
+                f"use {metadata.get('method')}.from_prompt."
+            )
+        model = cls(
+            clip,
+            classnames or json.loads(metadata["classnames"]),
+            n_ctx=int(metadata["n_ctx"]),
+            ctx_init=metadata["ctx_init"] or None,
+            **cls._constructor_options(metadata),
+            **kwargs,
+        )
+        model.load_prompt(path)
+        return model
+
+    @classmethod
+    def _constructor_options(cls, metadata):
+        return {}
+
+    # --- serialisation -------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "clip": keras.layers.serialize(self.clip),
+                "classnames": self.classnames,
+                "n_ctx": self.n_ctx,
+                "ctx_init": self.ctx_init,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["clip"] = keras.layers.deserialize(config["clip"])
+        return cls(**config)
+
+
+def read_prompt(path):
+    """Reads a prompt checkpoint: (tensors by variable path, metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Prompt checkpoint not found: {str(path)!r}.") from None
+    except Exception as error:
+        raise ValueError(f"{str(path)!r} is not a readable prompt checkpoint: {error}") from None
+    if metadata.get("format") != PROMPT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a cocoop-tf prompt checkpoint.")
+    return tensors, metadata
