@@ -151,8 +151,12 @@ def build_backbone(architecture, dtype=None):
 def random_backbone(architecture, seed=0, dtype=None):
     """Builds a backbone with seeded random weights, for tests and benchmarks.
 
-    Layer norms start as identity, biases at zero, other weights as N(0, 0.02)
-    draws, and the logit scale at log(100) as in released models.
+    Weights are drawn roughly as CLIP initialises its models before training:
+    token embeddings N(0, 0.02), text positions N(0, 0.01), vision class and
+    position embeddings N(0, width^-0.5), other kernels N(0, fan_in^-0.5);
+    layer norms start as identity, biases at zero, and the logit scale at
+    log(100) as in released models. The image features of such a model
+    still tell images apart, so small prompt-learning tasks are learnable.
 
     Args:
         architecture: a `CLIPArchitecture`.
@@ -165,15 +169,26 @@ def random_backbone(architecture, seed=0, dtype=None):
     backbone = build_backbone(architecture, dtype=dtype)
     rng = np.random.default_rng(seed)
     for variable in backbone.trainable_weights:
-        name = variable.path.rsplit("/", 1)[-1]
+        path, shape = variable.path, tuple(variable.shape)
+        name = path.rsplit("/", 1)[-1]
         if name == "gamma":
-            value = np.ones(variable.shape)
+            value = np.ones(shape)
         elif name in ("beta", "bias"):
-            value = np.zeros(variable.shape)
+            value = np.zeros(shape)
         elif name == "logit_scale":
             value = np.array(math.log(100.0))
         else:
-            value = rng.normal(0.0, 0.02, variable.shape)
+            if "token_embedding" in path:
+                std = 0.02
+            elif "position_embedding" in path and "text_encoder" in path:
+                std = 0.01
+            elif "position_embedding" in path or name == "class_embedding":
+                std = shape[-1] ** -0.5
+            elif path.rsplit("/", 2)[-2] in ("query", "key", "value"):
+                std = shape[0] ** -0.5
+            else:
+                std = math.prod(shape[:-1]) ** -0.5
+            value = rng.normal(0.0, std, shape)
         variable.assign(value.astype("float32"))
     return backbone
 

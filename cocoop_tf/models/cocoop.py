@@ -46,6 +46,13 @@ class CoCoOp(PromptLearningModel):
         logits = ops.einsum("bd,bcd->bc", image_features, text_features)
         return self.logit_scale(logits.dtype) * logits
 
+    def _prompt_metadata(self):
+        return {**super()._prompt_metadata(), "reduction": str(self.reduction)}
+
+    @classmethod
+    def _constructor_options(cls, metadata):
+        return {"reduction": int(metadata["reduction"])}
+
     def get_config(self):
         config = super().get_config()
         config["reduction"] = self.reduction

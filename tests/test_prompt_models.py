@@ -1,0 +1,244 @@
+"""CoCoOp / CoOp as Keras models: fit, frozen backbone, saving, layers, precision, errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cocoop_tf
+from cocoop_tf.layers import CLIPImageNormalization
+from cocoop_tf.layers import MetaNet
+from cocoop_tf.layers import PromptLearner
+from cocoop_tf.layers import PromptTextEncoder
+
+NAMES = ["red thing", "green thing", "blue thing", "grey thing"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return cocoop_tf.load_clip("random_tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def colour_task():
+    """Four classes of noisy solid-colour 32x32 images, 16 per class."""
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0, 255, (4, 1, 1, 3))
+    labels = np.repeat(np.arange(4), 16)
+    images = np.clip(colours[labels] + rng.normal(0, 25, (64, 32, 32, 3)), 0, 255)
+    return images.astype("float32"), labels
+
+
+def _dataset(images, labels, batch_size=8):
+    return tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(64, seed=0).batch(batch_size)
+
+
+def _fit(model, images, labels, lr, epochs=10):
+    model.compile(optimizer=cocoop_tf.paper_optimizer(8, epochs=epochs, lr=lr, warmup_epochs=0))
+    return model.fit(_dataset(images, labels), epochs=epochs, verbose=0, shuffle=False)
+
+
+@pytest.mark.parametrize(
+    "build, lr",
+    [
+        (lambda clip: cocoop_tf.CoCoOp(clip, NAMES, reduction=4), 0.01),
+        (lambda clip: cocoop_tf.CoOp(clip, NAMES, n_ctx=8, ctx_init=None), 0.01),
+    ],
+    ids=["cocoop", "coop"],
+)
+def test_fit_learns_and_leaves_the_backbone_untouched(clip, colour_task, build, lr):
+    images, labels = colour_task
+    keras.utils.set_random_seed(1)  # converges for other seeds too; fixed for a stable test
+    model = build(clip)
+    before = [np.array(w) for w in clip.weights]
+    context_before = np.array(model.prompt_learner.ctx)
+    history = _fit(model, images, labels, lr)
+    assert history.history["accuracy"][-1] >= 0.95
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert not np.array_equal(np.asarray(model.prompt_learner.ctx), context_before)
+    for w, old in zip(clip.weights, before):
+        np.testing.assert_array_equal(np.asarray(w), old, err_msg=w.path)
+    # evaluate and predict through the same model
+    loss, accuracy = model.evaluate(_dataset(images, labels), verbose=0)
+    assert accuracy >= 0.95
+    assert model.predict(images, verbose=0).shape == (64, 4)
+
+
+def test_set_classnames_keeps_weights_and_changes_classes(clip, rng):
+    model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+    images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    first = model.predict(images, verbose=0)
+    weights = [np.array(w) for w in model.trainable_weights]
+    model.set_classnames(["sky", "sea", "forest_path"])
+    swapped = model.predict(images, verbose=0)
+    assert first.shape == (3, 4) and swapped.shape == (3, 3)
+    for w, old in zip(model.trainable_weights, weights):
+        np.testing.assert_array_equal(np.asarray(w), old)
+    fresh = cocoop_tf.CoCoOp(clip, ["sky", "sea", "forest path"], reduction=4)
+    for w, old in zip(fresh.trainable_weights, weights):
+        w.assign(old)
+    np.testing.assert_allclose(swapped, fresh.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp])
+def test_keras_file_round_trip_in_a_clean_process(clip, rng, tmp_path, cls):
+    model = cls(clip, NAMES)
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, keras
+        import cocoop_tf
+        model = keras.models.load_model({str(tmp_path / "model.keras")!r})
+        assert type(model).__name__ == {cls.__name__!r}
+        np.save({str(tmp_path / "out.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_prompt_checkpoint_applies_to_a_separately_loaded_backbone(clip, rng, tmp_path):
+    model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "prompt.safetensors"
+    model.save_prompt(path)
+    other_clip = cocoop_tf.load_clip("random_tiny", seed=0)  # same weights, new objects
+    restored = cocoop_tf.CoCoOp.from_prompt(other_clip, path)  # reduction read from the file
+    assert restored.classnames == NAMES
+    np.testing.assert_array_equal(restored.predict(images, verbose=0), model.predict(images, verbose=0))
+    # into an existing model, with new classes
+    target = cocoop_tf.CoCoOp(other_clip, ["sky", "sea"], reduction=4)
+    target.load_prompt(path)
+    for a, b in zip(target.trainable_weights, model.trainable_weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prompt_checkpoint_size_for_vit_b16(tmp_path):
+    clip = cocoop_tf.load_clip("random_vit_b16")
+    path = tmp_path / "vit_b16.safetensors"
+    cocoop_tf.CoCoOp(clip, ["a", "b"]).save_prompt(path)
+    size = os.path.getsize(path)
+    assert 35_360 * 4 <= size < 35_360 * 4 + 4_096  # ~140 KB: the learned numbers and a header
+    del clip
+    keras.backend.clear_session()
+
+
+def test_prompt_checkpoint_mismatch_is_explained(clip, tmp_path):
+    path = tmp_path / "prompt.safetensors"
+    cocoop_tf.CoCoOp(clip, NAMES, reduction=4).save_prompt(path)
+    wider = cocoop_tf.load_clip("random_vit_b16")
+    with pytest.raises(ValueError, match="ctx_dim is 64 but this model's is 512"):
+        cocoop_tf.CoCoOp(wider, NAMES).load_prompt(path)
+    del wider
+    keras.backend.clear_session()
+    with pytest.raises(ValueError, match="is a CoCoOp prompt, not CoOp"):
+        cocoop_tf.CoOp.from_prompt(clip, path)
+    with pytest.raises(ValueError, match="meta_net/linear1/.* has shape .*this model needs"):
+        cocoop_tf.CoCoOp(clip, NAMES, reduction=2).load_prompt(path)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable prompt checkpoint"):
+        cocoop_tf.CoCoOp(clip, NAMES).load_prompt(tmp_path / "junk.safetensors")
+
+
+def test_layers_in_a_users_functional_model(clip, rng, tmp_path):
+    """A hand-made CoCoOp head from our layers and the backbone's sub-layers."""
+    token_ids = cocoop_tf.tokenize([f"X X X X {n}." for n in NAMES])
+    images = keras.Input((32, 32, 3))
+    x = CLIPImageNormalization(32)(images)
+    features = clip.vision_projection(clip.vision_pooler(clip.vision_encoder({"images": x})))
+    features = keras.layers.UnitNormalization()(features)
+    context = PromptLearner(4, 64)(MetaNet(64, reduction=4)(features))
+    text = PromptTextEncoder(clip.text_encoder, clip.text_projection)(context, token_ids)
+    text = keras.layers.UnitNormalization()(text)
+    logits = keras.ops.einsum("bd,bcd->bc", features, text) * 100.0
+    model = keras.Model(images, logits)
+    data = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    expected = model.predict(data, verbose=0)
+    assert expected.shape == (2, 4)
+    assert {v.path.split("/")[0] for v in model.trainable_weights} == {"prompt_learner", "meta_net"}
+    model.save(tmp_path / "functional.keras")
+    loaded = keras.models.load_model(tmp_path / "functional.keras")
+    np.testing.assert_allclose(loaded.predict(data, verbose=0), expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        MetaNet(48, reduction=8),
+        PromptLearner(5, 48, num_classes=3),
+        CLIPImageNormalization(224),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layers_serialise(layer):
+    config = keras.layers.serialize(layer)
+    restored = keras.layers.deserialize(config)
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_without_nan(colour_task, policy):
+    images, labels = colour_task
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        clip = cocoop_tf.load_clip("random_tiny")
+        model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+        history = _fit(model, images[::4], labels[::4], lr=0.02, epochs=2)
+        assert np.all(np.isfinite(history.history["loss"]))
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.prompt_learner.ctx.dtype == "float32"  # master weights stay float32
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in model.trainable_weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def test_wrong_image_size(clip):
+    model = cocoop_tf.CoCoOp(clip, NAMES)
+    with pytest.raises(ValueError, match="32x32 pixels"):
+        model(np.zeros((1, 224, 224, 3), "float32"))
+
+
+def test_class_name_that_does_not_fit_is_named(clip):
+    with pytest.raises(ValueError, match="class name 'ultra .*does not fit"):
+        cocoop_tf.CoOp(clip, ["cat", "ultra " * 75 + "cat"])
+
+
+def test_empty_class_list(clip):
+    with pytest.raises(ValueError, match="class list is empty"):
+        cocoop_tf.CoCoOp(clip, [])
+
+
+def test_labels_outside_the_class_range(clip, colour_task):
+    images, labels = colour_task
+    model = cocoop_tf.CoCoOp(clip, NAMES[:3], reduction=4)
+    model.compile(optimizer=cocoop_tf.paper_optimizer(1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Labels must be class indices in \[0, 3\)"):
+        model.fit(images[-8:], labels[-8:], epochs=1, verbose=0)  # label 3 of 3 classes
+
+
+def test_ctx_init_and_n_ctx_disagree(clip):
+    with pytest.raises(ValueError, match="has 3 words but n_ctx=4"):
+        cocoop_tf.CoCoOp(clip, NAMES, n_ctx=4, ctx_init="a photo of")
+
+
+def test_class_specific_context_cannot_change_class_count(clip):
+    model = cocoop_tf.CoOp(clip, NAMES, class_specific=True)
+    with pytest.raises(ValueError, match="one context per class for 4 classes"):
+        model.set_classnames(["a", "b"])

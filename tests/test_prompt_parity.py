@@ -1,0 +1,190 @@
+"""CoCoOp and CoOp against the paper's equations, computed the slow, obvious way.
+
+The reference below builds every (image, class) prompt separately at the full
+context length, runs a hand-written causal transformer on it from the
+backbone's raw weights, and applies the paper's formulas. It shares no code
+with the layers under test.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import max_relative_difference
+
+import cocoop_tf
+from cocoop_tf.clip.backbone import CLIP_MEAN
+from cocoop_tf.clip.backbone import CLIP_STD
+from cocoop_tf.clip.backbone import CLIPArchitecture
+from cocoop_tf.clip.backbone import random_backbone
+
+CLASSNAMES = [
+    "forest_path",
+    "Boeing 747-400",
+    "crème brûlée",
+    "x",
+    "a very long class name with many many words in it for good measure",
+]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """Odd widths, unequal towers, more than one head; layer norms not identity."""
+    architecture = CLIPArchitecture(
+        image_size=24, patch_size=8, vision_width=36, vision_layers=1, vision_heads=3,
+        vision_mlp_width=50, vocabulary_size=49408, context_length=77, text_width=60,
+        text_layers=2, text_heads=3, text_mlp_width=84, projection_dim=44,
+    )
+    backbone = random_backbone(architecture, seed=11)
+    rng = np.random.default_rng(12)
+    for variable in backbone.weights:
+        if variable.path.endswith(("gamma", "beta")) or variable.path.endswith("bias"):
+            variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    backbone.trainable = False
+    return backbone
+
+
+def _layer_norm(x, gamma, beta):
+    mean = tf.reduce_mean(x, -1, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), -1, keepdims=True)
+    return (x - mean) / tf.sqrt(var + 1e-5) * gamma + beta
+
+
+def _reference_text_feature(clip, embeddings, eos):
+    """CLIP's text transformer on one prompt [L, D], read at `eos`, projected."""
+    text = clip.text_encoder
+    length, width = embeddings.shape
+    x = embeddings + text.embedding.position_embedding.position_embeddings[:length]
+    future = np.triu(np.full((length, length), -np.inf, np.float32), k=1)
+    for block in text.encoder_layers:
+        att = block.attention
+        heads = block.num_heads
+        head_dim = width // heads
+        h = _layer_norm(x, block.layer_norm_1.gamma, block.layer_norm_1.beta)
+        q = h @ tf.reshape(att.query_dense.kernel, (width, width)) + tf.reshape(att.query_dense.bias, (-1,))
+        k = h @ tf.reshape(att.key_dense.kernel, (width, width)) + tf.reshape(att.key_dense.bias, (-1,))
+        v = h @ tf.reshape(att.value_dense.kernel, (width, width)) + tf.reshape(att.value_dense.bias, (-1,))
+        outputs = []
+        for i in range(heads):
+            s = slice(i * head_dim, (i + 1) * head_dim)
+            scores = q[:, s] @ tf.transpose(k[:, s]) / np.sqrt(head_dim) + future
+            outputs.append(tf.nn.softmax(scores, axis=-1) @ v[:, s])
+        attended = tf.concat(outputs, axis=-1)
+        x = x + attended @ tf.reshape(att.output_dense.kernel, (width, width)) + att.output_dense.bias
+        h = _layer_norm(x, block.layer_norm_2.gamma, block.layer_norm_2.beta)
+        h = h @ block.dense_1.kernel + block.dense_1.bias
+        h = h * tf.sigmoid(1.702 * h)  # QuickGELU
+        x = x + h @ block.dense_2.kernel + block.dense_2.bias
+    x = _layer_norm(x, text.layer_norm.gamma, text.layer_norm.beta)
+    return (x[eos][None] @ clip.text_projection.kernel)[0]
+
+
+def _unit(x):
+    return x / tf.norm(x, axis=-1, keepdims=True)
+
+
+def _reference_logits(clip, model, images, classnames, prompt_prefix, conditional):
+    """Per image, per class, full-length prompts: the paper's equations."""
+    pixels = (images / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    image_features = _unit(clip.get_vision_embeddings(pixels.astype("float32")))
+    token_table = clip.text_encoder.embedding.token_embedding.embeddings
+    ctx = model.prompt_learner.ctx
+    n_ctx = model.n_ctx
+    rows = []
+    for b in range(len(images)):
+        feature = image_features[b]
+        if conditional:  # Meta-Net on the normalised image feature
+            net = model.meta_net
+            hidden = tf.nn.relu(feature[None] @ net.linear1.kernel + net.linear1.bias)
+            pi = (hidden @ net.linear2.kernel + net.linear2.bias)[0]
+        row = []
+        for c, name in enumerate(classnames):
+            ids = cocoop_tf.tokenize(f"{prompt_prefix} {name.replace('_', ' ')}.")[0]
+            embedded = tf.gather(token_table, ids)
+            context = ctx[c] if len(ctx.shape) == 3 else ctx
+            if conditional:
+                context = context + pi
+            prompt = tf.concat([embedded[:1], context, embedded[1 + n_ctx :]], axis=0)
+            text_feature = _unit(_reference_text_feature(clip, prompt, int(np.argmax(ids))))
+            row.append(tf.reduce_sum(feature * text_feature))
+        rows.append(tf.stack(row))
+    return tf.exp(clip.clip_head.logit_scale) * tf.stack(rows)
+
+
+def _loss(labels, logits):
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+
+
+def _check_parity(clip, model, prompt_prefix, conditional, batch, rng):
+    images = rng.uniform(0, 255, (batch, 24, 24, 3)).astype("float32")
+    labels = rng.integers(0, len(CLASSNAMES), batch)
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = model(images)
+        loss = _loss(labels, logits)
+    gradients = tape.gradient(loss, variables)
+    with tf.GradientTape() as tape:
+        expected = _reference_logits(clip, model, images, CLASSNAMES, prompt_prefix, conditional)
+        expected_loss = _loss(labels, expected)
+    expected_gradients = tape.gradient(expected_loss, variables)
+    assert logits.shape == (batch, len(CLASSNAMES))
+    assert max_relative_difference(logits, expected) <= TOLERANCE
+    for variable, grad, expected_grad in zip(variables, gradients, expected_gradients):
+        assert np.abs(np.asarray(expected_grad)).max() > 0, variable.path
+        assert max_relative_difference(grad, expected_grad) <= TOLERANCE, variable.path
+
+
+def _perturb(model, rng):
+    """Move the learned weights away from their initial values."""
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.05, variable.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cocoop_matches_the_paper_equations(clip, rng, batch):
+    model = cocoop_tf.CoCoOp(clip, CLASSNAMES, reduction=4)
+    _perturb(model, rng)
+    _check_parity(clip, model, "a photo of a", conditional=True, batch=batch, rng=rng)
+
+
+def test_cocoop_random_context(clip, rng):
+    model = cocoop_tf.CoCoOp(clip, CLASSNAMES, n_ctx=7, ctx_init=None, reduction=4)
+    _check_parity(clip, model, "X X X X X X X", conditional=True, batch=2, rng=rng)
+
+
+def test_coop_matches_the_paper_equations(clip, rng):
+    model = cocoop_tf.CoOp(clip, CLASSNAMES)
+    _perturb(model, rng)
+    _check_parity(clip, model, "a photo of a", conditional=False, batch=3, rng=rng)
+
+
+def test_coop_class_specific_context(clip, rng):
+    model = cocoop_tf.CoOp(clip, CLASSNAMES, n_ctx=3, ctx_init=None, class_specific=True)
+    assert model.prompt_learner.ctx.shape == (len(CLASSNAMES), 3, 60)
+    _perturb(model, rng)
+    _check_parity(clip, model, "X X X", conditional=False, batch=2, rng=rng)
+
+
+def test_context_initialised_from_word_embeddings(clip):
+    model = cocoop_tf.CoCoOp(clip, CLASSNAMES, ctx_init="a photo of a")
+    ids = cocoop_tf.tokenize("a photo of a")[0, 1:5]  # 320, 1125, 539, 320
+    table = np.asarray(clip.text_encoder.embedding.token_embedding.embeddings)
+    np.testing.assert_array_equal(np.asarray(model.prompt_learner.ctx), table[ids])
+    random = cocoop_tf.CoOp(clip, CLASSNAMES, n_ctx=16, ctx_init=None)
+    values = np.asarray(random.prompt_learner.ctx)
+    assert values.shape == (16, 60) and 0.015 < values.std() < 0.025
+
+
+def test_trainable_numbers_for_vit_b16():
+    """Context 4 x 512 and Meta-Net 512 -> 32 -> 512: 35 360 numbers."""
+    clip = cocoop_tf.load_clip("random_vit_b16")
+    model = cocoop_tf.CoCoOp(clip, ["a", "b"])
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 35_360
+    assert model.meta_net.linear1.kernel.shape == (512, 32)
+    coop = cocoop_tf.CoOp(clip, ["a", "b"])
+    assert sum(int(np.prod(v.shape)) for v in coop.trainable_weights) == 2_048
+    del clip, model, coop
+    keras.backend.clear_session()
