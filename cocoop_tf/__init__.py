@@ -7,6 +7,7 @@ inside the graph.
 
 from cocoop_tf.clip import load_clip
 from cocoop_tf.clip import tokenize
+from cocoop_tf.clip import tokenize_classnames
 from cocoop_tf.models import CoCoOp
 from cocoop_tf.models import CoOp
 from cocoop_tf.models import ZeroShotCLIP

@@ -86,6 +86,28 @@ def test_set_classnames_keeps_weights_and_changes_classes(clip, rng):
 
 
 @pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp])
+def test_classify_takes_any_class_set_as_token_ids(clip, rng, cls):
+    model = cls(clip, NAMES)
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    other = ["sky", "sea", "forest_path"]
+    token_ids = cocoop_tf.tokenize_classnames(other)
+    np.testing.assert_array_equal(token_ids, model.tokenize_classnames(other))
+    served = np.asarray(model.classify(images, token_ids))
+    model.set_classnames(other)
+    np.testing.assert_allclose(served, model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_tokenize_classnames_layout_and_room_for_context():
+    ids = cocoop_tf.tokenize_classnames(["forest_path"])
+    assert ids.shape == (1, 77)
+    np.testing.assert_array_equal(ids[0, :5], cocoop_tf.tokenize("forest path.")[0, :5])
+    long_name = "word " * 70  # 70 tokens + "." + start/end = 73 positions
+    assert cocoop_tf.tokenize_classnames([long_name], n_ctx=4).shape == (1, 77)
+    with pytest.raises(ValueError, match="needs 78 positions .*5 context vectors.*context length is 77"):
+        cocoop_tf.tokenize_classnames([long_name], n_ctx=5)
+
+
+@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp])
 def test_keras_file_round_trip_in_a_clean_process(clip, rng, tmp_path, cls):
     model = cls(clip, NAMES)
     for variable in model.trainable_variables:
@@ -154,7 +176,7 @@ def test_prompt_checkpoint_mismatch_is_explained(clip, tmp_path):
 
 def test_layers_in_a_users_functional_model(clip, rng, tmp_path):
     """A hand-made CoCoOp head from our layers and the backbone's sub-layers."""
-    token_ids = cocoop_tf.tokenize([f"X X X X {n}." for n in NAMES])
+    token_ids = cocoop_tf.tokenize_classnames(NAMES, n_ctx=4)
     images = keras.Input((32, 32, 3))
     x = CLIPImageNormalization(32)(images)
     features = clip.vision_projection(clip.vision_pooler(clip.vision_encoder({"images": x})))
@@ -167,7 +189,8 @@ def test_layers_in_a_users_functional_model(clip, rng, tmp_path):
     data = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     expected = model.predict(data, verbose=0)
     assert expected.shape == (2, 4)
-    assert {v.path.split("/")[0] for v in model.trainable_weights} == {"prompt_learner", "meta_net"}
+    owners = sorted(v.path.split("/")[0].rstrip("_0123456789") for v in model.trainable_weights)
+    assert owners == ["meta_net"] * 4 + ["prompt_learner"]  # the backbone stays frozen
     model.save(tmp_path / "functional.keras")
     loaded = keras.models.load_model(tmp_path / "functional.keras")
     np.testing.assert_allclose(loaded.predict(data, verbose=0), expected, rtol=1e-6, atol=1e-5)

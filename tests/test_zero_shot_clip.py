@@ -69,6 +69,14 @@ def test_set_classnames_swaps_classes_in_compiled_predict(clip, images):
     np.testing.assert_allclose(swapped, fresh, rtol=1e-6)
 
 
+def test_classify_with_token_ids_equals_a_model_for_those_classes(clip, images):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b"], template=["a photo of a {}.", "art of the {}"])
+    token_ids = model.tokenize_classnames(["dog", "cat", "bird"])
+    assert token_ids.shape == (3, 2, 77)
+    fresh = cocoop_tf.ZeroShotCLIP(clip, ["dog", "cat", "bird"], template=["a photo of a {}.", "art of the {}"])
+    np.testing.assert_allclose(model.classify(images, token_ids), fresh(images), rtol=1e-5, atol=1e-5)
+
+
 def test_uint8_images_accepted(clip, images):
     model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b"])
     as_uint8 = images.round().astype("uint8")

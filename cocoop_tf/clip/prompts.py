@@ -1,5 +1,6 @@
 """Class names and prompt texts, tokenised as the models use them."""
 
+from cocoop_tf.clip.tokenizer import encode
 from cocoop_tf.clip.tokenizer import tokenize
 
 
@@ -31,26 +32,49 @@ def clean_classnames(classnames):
     return cleaned
 
 
-def tokenize_prompts(texts, classnames, context_length):
+def tokenize_prompts(texts, classnames, context_length, reserved=0):
     """Tokenises one prompt text per class, naming the class that does not fit.
 
     Args:
         texts: the prompt strings, one per entry of `classnames`.
         classnames: the class each text was made for (used in errors).
         context_length: the text encoder's context length.
+        reserved: positions taken by learned context vectors, which must
+            fit beside each text.
 
     Returns:
         int32 array [len(texts), context_length].
     """
-    try:
-        return tokenize(texts, context_length)
-    except ValueError:
-        for text, name in zip(texts, classnames):
-            try:
-                tokenize(text, context_length)
-            except ValueError as error:
-                raise ValueError(
-                    f"The class name {name!r} does not fit the text encoder's "
-                    f"context: {error}"
-                ) from None
-        raise
+    for text, name in zip(texts, classnames):
+        needed = len(encode(text)) + 2 + reserved
+        if needed > context_length:
+            raise ValueError(
+                f"The class name {name!r} does not fit the text encoder's context: "
+                f"its prompt {text!r} needs {needed} positions (start and end "
+                f"tokens{f' and {reserved} context vectors' if reserved else ''} "
+                f"included) but the context length is {context_length}. Shorten "
+                "the class name."
+            )
+    return tokenize(texts, context_length)
+
+
+def tokenize_classnames(classnames, context_length=77, n_ctx=0):
+    """The token ids of each class name as CoOp and CoCoOp models take them.
+
+    Each row is `[SOS] name tokens [.] [EOS] 0...` for the text `"{name}."`
+    (underscores become spaces). A prompt learner puts its `n_ctx` context
+    vectors between the start token and the name, giving the reference
+    implementation's prompt `"{ctx words} {name}."`. This is also the
+    `token_ids` input of exported models: tokenise new class names with it,
+    on any machine, and send them with the images.
+
+    Args:
+        classnames: list of class names.
+        context_length: the text encoder's context length (77 for CLIP).
+        n_ctx: context vectors that must fit beside each name.
+
+    Returns:
+        int32 array `[num_classes, context_length]`.
+    """
+    names = clean_classnames(classnames)
+    return tokenize_prompts([f"{name}." for name in names], names, context_length, n_ctx)

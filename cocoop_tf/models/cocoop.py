@@ -5,7 +5,7 @@ from keras import ops
 
 from cocoop_tf.layers.meta_net import MetaNet
 from cocoop_tf.models.prompt_learning import PromptLearningModel
-from cocoop_tf.models.zero_shot_clip import l2_normalize
+from cocoop_tf.models.clip_classifier import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="cocoop_tf")
@@ -38,10 +38,16 @@ class CoCoOp(PromptLearningModel):
         self.meta_net = MetaNet(clip.text_encoder.embedding_dim, reduction=reduction, name="meta_net")
         self.meta_net.build((None, clip.projection_dim))
 
-    def call(self, images):
+    def classify(self, images, class_token_ids):
+        """Logits `[B, C]` for images and any class set's token ids.
+
+        Args:
+            images: RGB pixel values 0..255, `[B, S, S, 3]`.
+            class_token_ids: int `[C, L]` from `tokenize_classnames`.
+        """
         image_features = self.encode_images(images)
         context = self.prompt_learner(self.meta_net(image_features))
-        text_features = l2_normalize(self.prompt_text_encoder(context, self.token_ids))
+        text_features = l2_normalize(self.prompt_text_encoder(context, class_token_ids))
         text_features = ops.cast(text_features, image_features.dtype)
         logits = ops.einsum("bd,bcd->bc", image_features, text_features)
         return self.logit_scale(logits.dtype) * logits

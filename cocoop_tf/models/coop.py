@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from cocoop_tf.models.prompt_learning import PromptLearningModel
-from cocoop_tf.models.zero_shot_clip import l2_normalize
+from cocoop_tf.models.clip_classifier import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="cocoop_tf")
@@ -32,9 +32,15 @@ class CoOp(PromptLearningModel):
             clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific, **kwargs
         )
 
-    def call(self, images):
+    def classify(self, images, class_token_ids):
+        """Logits `[B, C]` for images and any class set's token ids.
+
+        Args:
+            images: RGB pixel values 0..255, `[B, S, S, 3]`.
+            class_token_ids: int `[C, L]` from `tokenize_classnames`.
+        """
         image_features = self.encode_images(images)
-        text_features = self.prompt_text_encoder(self.prompt_learner(), self.token_ids)
+        text_features = self.prompt_text_encoder(self.prompt_learner(), class_token_ids)
         text_features = ops.cast(l2_normalize(text_features[0]), image_features.dtype)
         logits = ops.matmul(image_features, ops.transpose(text_features))
         return self.logit_scale(logits.dtype) * logits

@@ -1,39 +1,35 @@
 """What CoOp and CoCoOp share: prompts, class swaps, training steps, prompt files."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
 
 from cocoop_tf.clip.prompts import clean_classnames
-from cocoop_tf.clip.prompts import tokenize_prompts
-from cocoop_tf.clip.tokenizer import tokenize
-from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.clip.prompts import tokenize_classnames
+from cocoop_tf.clip.tokenizer import encode
 from cocoop_tf.layers.prompt_learner import PromptLearner
-from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
-from cocoop_tf.models.zero_shot_clip import l2_normalize
+from cocoop_tf.models.clip_classifier import CLIPClassifier
 
 PROMPT_FORMAT = "cocoop_tf.prompt/1"
 
 
-class PromptLearningModel(keras.Model):
+class PromptLearningModel(CLIPClassifier):
     """Base of `CoOp` and `CoCoOp`; not used directly.
 
-    Prompts of class `c` are `"{ctx words} {name}."` tokenised with CLIP's BPE;
-    the context words' embeddings are replaced by learned vectors. With
+    The prompt of class `c` is `[SOS][v_1..v_M][tokens of "{name}."][EOS]`,
+    the reference implementation's `"{ctx words} {name}."` with the context
+    words' embeddings replaced by learned vectors. With
     `ctx_init` (e.g. "a photo of a") the number of context vectors is its
     number of words and they start as those words' token embeddings; without
     it they are `n_ctx` draws from N(0, 0.02). The backbone stays frozen.
 
-    `compile()` defaults to the paper's loss (cross-entropy on the logits)
-    and an accuracy metric; pass `optimizer=cocoop_tf.paper_optimizer(...)`
-    for the paper's optimiser.
+    Train with `compile(optimizer=cocoop_tf.paper_optimizer(...))` and `fit`.
     """
 
     def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", class_specific=False, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(clip, **kwargs)
         if ctx_init:
             words = ctx_init.split()
             if n_ctx is not None and n_ctx != len(words):
@@ -46,18 +42,9 @@ class PromptLearningModel(keras.Model):
             ctx_init = " ".join(words)
         elif not n_ctx:
             raise ValueError("Give ctx_init words or a number of context vectors n_ctx.")
-        self.clip = clip
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init or None
         self.class_specific = bool(class_specific)
-        # Placeholder words for random contexts, as in the reference implementation.
-        self.prompt_prefix = ctx_init or " ".join(["X"] * n_ctx)
-        self.image_normalization = CLIPImageNormalization(
-            clip.vision_encoder.image_shape[0], dtype=clip.dtype_policy, name="image_normalization"
-        )
-        self.prompt_text_encoder = PromptTextEncoder(
-            clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
-        )
         self.set_classnames(classnames)
         self.prompt_learner = PromptLearner(
             n_ctx,
@@ -66,18 +53,18 @@ class PromptLearningModel(keras.Model):
             name="prompt_learner",
         )
         if ctx_init:
-            ids = tokenize(ctx_init, clip.text_encoder.max_sequence_length)
-            embedded = clip.text_encoder.embedding.token_embedding(ids)
-            self.prompt_learner.set_context(embedded[0, 1 : 1 + n_ctx])
+            ids = encode(ctx_init)
+            if len(ids) != n_ctx:
+                warnings.warn(
+                    f"ctx_init {ctx_init!r} is {len(ids)} tokens for {n_ctx} words; "
+                    f"the context starts as the first {n_ctx} token embeddings."
+                )
+            embedded = clip.text_encoder.embedding.token_embedding(np.array(ids[:n_ctx]))
+            self.prompt_learner.set_context(embedded)
 
     # --- classes ---------------------------------------------------------------
 
     def set_classnames(self, classnames):
-        """Replaces the class set (e.g. base -> new classes); learned weights stay.
-
-        Args:
-            classnames: list of class names; underscores become spaces.
-        """
         classnames = clean_classnames(classnames)
         if self.class_specific and hasattr(self, "classnames") and len(classnames) != len(self.classnames):
             raise ValueError(
@@ -85,54 +72,20 @@ class PromptLearningModel(keras.Model):
                 f"classes; it cannot serve {len(classnames)} classes. Use a shared "
                 "context (class_specific=False) to transfer to new classes."
             )
-        texts = [f"{self.prompt_prefix} {name}." for name in classnames]
+        super().set_classnames(classnames)
+
+    def tokenize_classnames(self, classnames):
+        """The `class_token_ids` this model (and its exported graph) takes.
+
+        Args:
+            classnames: list of class names.
+
+        Returns:
+            int32 array `[num_classes, context_length]`, see
+            `cocoop_tf.tokenize_classnames`.
+        """
         context_length = self.clip.text_encoder.max_sequence_length
-        self.token_ids = tokenize_prompts(texts, classnames, context_length)
-        self.classnames = classnames
-        # Traced functions hold the old token ids as constants.
-        self.train_function = self.test_function = self.predict_function = None
-
-    # --- shared pieces -----------------------------------------------------------
-
-    def encode_images(self, images):
-        """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
-        images = self.image_normalization(images)
-        return l2_normalize(self.clip.get_vision_embeddings(images))
-
-    def logit_scale(self, dtype):
-        return ops.exp(ops.cast(self.clip.clip_head.logit_scale, dtype))
-
-    # --- training ----------------------------------------------------------------
-
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with the paper's cross-entropy and accuracy by default."""
-        if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if metrics is None:
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def train_step(self, data):
-        return super().train_step(self._check_labels(data))
-
-    def test_step(self, data):
-        return super().test_step(self._check_labels(data))
-
-    def _check_labels(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError("Training and evaluation need (images, labels) pairs.")
-        num_classes = len(self.classnames)
-        y = tf.convert_to_tensor(y)
-        valid = tf.reduce_all((y >= 0) & (y < num_classes))
-        check = tf.debugging.Assert(
-            valid,
-            [f"Labels must be class indices in [0, {num_classes}) for this model's "
-             f"{num_classes} classes; check the labels or set_classnames(). Got:", y],
-        )
-        with tf.control_dependencies([check]):
-            y = tf.identity(y)
-        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return tokenize_classnames(classnames, context_length, self.n_ctx)
 
     # --- prompt checkpoints --------------------------------------------------------
 
@@ -231,21 +184,8 @@ class PromptLearningModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "clip": keras.layers.serialize(self.clip),
-                "classnames": self.classnames,
-                "n_ctx": self.n_ctx,
-                "ctx_init": self.ctx_init,
-            }
-        )
+        config.update({"n_ctx": self.n_ctx, "ctx_init": self.ctx_init})
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["clip"] = keras.layers.deserialize(config["clip"])
-        return cls(**config)
 
 
 def read_prompt(path):

@@ -7,19 +7,15 @@ from keras import ops
 
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.prompts import tokenize_prompts
-from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.models.clip_classifier import CLIPClassifier
+from cocoop_tf.models.clip_classifier import l2_normalize
 
-# Prompts encoded per text-encoder call when building the class features.
+# Classes encoded per text-encoder call when building the class features.
 TEXT_BATCH_SIZE = 256
 
 
-def l2_normalize(x):
-    """Scales the last axis to unit Euclidean norm."""
-    return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-
-
 @keras.saving.register_keras_serializable(package="cocoop_tf")
-class ZeroShotCLIP(keras.Model):
+class ZeroShotCLIP(CLIPClassifier):
     """Zero-shot CLIP classifier: `logit_scale * cos(image, "a photo of a {c}.")`.
 
     Takes RGB images as pixel values 0..255, `[batch, S, S, 3]` at the
@@ -38,7 +34,7 @@ class ZeroShotCLIP(keras.Model):
     """
 
     def __init__(self, clip, classnames, template="a photo of a {}.", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(clip, **kwargs)
         templates = [template] if isinstance(template, str) else list(template)
         if not templates or any(
             not isinstance(t, str) or t.count("{}") != 1 for t in templates
@@ -48,12 +44,7 @@ class ZeroShotCLIP(keras.Model):
                 "strings) with exactly one '{}' where the class name goes, "
                 "e.g. 'a photo of a {}.'."
             )
-        self.clip = clip
         self.templates = templates
-        image_size = clip.vision_encoder.image_shape[0]
-        self.image_normalization = CLIPImageNormalization(
-            image_size, dtype=clip.dtype_policy, name="image_normalization"
-        )
         self.set_classnames(classnames)
 
     def set_classnames(self, classnames):
@@ -62,65 +53,81 @@ class ZeroShotCLIP(keras.Model):
         Args:
             classnames: list of class names.
         """
-        self.classnames = clean_classnames(classnames)
-        texts = [t.format(name) for name in self.classnames for t in self.templates]
-        owners = [name for name in self.classnames for _ in self.templates]
-        context_length = self.clip.text_encoder.max_sequence_length
-        self._token_ids = tokenize_prompts(texts, owners, context_length)
-        self._forget_text_features()
-
-    def _forget_text_features(self):
+        super().set_classnames(classnames)
         self._text_features = None
-        # Traced functions hold the old features as constants.
-        self.train_function = self.test_function = self.predict_function = None
+
+    def tokenize_classnames(self, classnames):
+        """Token ids of every (class, template) prompt, `[C, num_templates, L]`.
+
+        This is the `token_ids` input of `classify` and of exported models.
+
+        Args:
+            classnames: list of class names.
+        """
+        names = clean_classnames(classnames)
+        texts = [t.format(name) for name in names for t in self.templates]
+        owners = [name for name in names for _ in self.templates]
+        context_length = self.clip.text_encoder.max_sequence_length
+        token_ids = tokenize_prompts(texts, owners, context_length)
+        return token_ids.reshape(len(names), len(self.templates), context_length)
+
+    def class_text_features(self, token_ids):
+        """Normalised, template-averaged text features `[C, dim]` of prompt ids.
+
+        Args:
+            token_ids: int `[C, num_templates, L]` (or `[C, L]` for one template).
+        """
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        if len(token_ids.shape) == 2:
+            token_ids = token_ids[:, None]
+        shape = ops.shape(token_ids)
+        no_context = ops.zeros((1, 0, self.clip.text_encoder.hidden_dim))
+        features = self.prompt_text_encoder(no_context, ops.reshape(token_ids, (-1, shape[2])))[0]
+        features = ops.reshape(l2_normalize(features), (shape[0], shape[1], -1))
+        return l2_normalize(ops.mean(features, axis=1))
 
     def text_features(self):
-        """The normalised text feature of each class, [num_classes, dim]."""
+        """The cached text features of the current classes, `[num_classes, dim]`."""
         if self._text_features is None:
             # Nothing after the last end token affects the end-token features.
-            length = int(np.max(np.argmax(self._token_ids, axis=-1))) + 1
-            token_ids = self._token_ids[:, :length]
-            features = [
-                self.clip.get_text_embeddings(token_ids[i : i + TEXT_BATCH_SIZE])
-                for i in range(0, len(token_ids), TEXT_BATCH_SIZE)
-            ]
-            features = l2_normalize(ops.concatenate(features, axis=0))
-            features = ops.reshape(
-                features, (len(self.classnames), len(self.templates), -1)
+            length = int(np.max(np.argmax(self.token_ids, axis=-1))) + 1
+            token_ids = self.token_ids[..., :length]
+            self._text_features = ops.concatenate(
+                [
+                    self.class_text_features(token_ids[i : i + TEXT_BATCH_SIZE])
+                    for i in range(0, len(token_ids), TEXT_BATCH_SIZE)
+                ],
+                axis=0,
             )
-            self._text_features = l2_normalize(ops.mean(features, axis=1))
         return self._text_features
 
+    def classify(self, images, token_ids):
+        """Logits `[B, C]` for images and the prompt ids of any class set.
+
+        Args:
+            images: RGB pixel values 0..255, `[B, S, S, 3]`.
+            token_ids: int `[C, num_templates, L]` from `tokenize_classnames`.
+        """
+        return self._logits(self.encode_images(images), self.class_text_features(token_ids))
+
+    def _logits(self, image_features, text_features):
+        text_features = ops.cast(text_features, image_features.dtype)
+        logits = ops.matmul(image_features, ops.transpose(text_features))
+        return self.logit_scale(logits.dtype) * logits
+
     def call(self, images):
-        images = self.image_normalization(images)
-        image_features = l2_normalize(self.clip.get_vision_embeddings(images))
         # Computed eagerly even while a graph is traced, so it becomes a constant.
         with tf.init_scope():
             text_features = self.text_features()
-        text_features = ops.cast(text_features, image_features.dtype)
-        logit_scale = ops.exp(
-            ops.cast(self.clip.clip_head.logit_scale, image_features.dtype)
-        )
-        return logit_scale * ops.matmul(image_features, ops.transpose(text_features))
+        return self._logits(self.encode_images(images), text_features)
 
     def load_own_variables(self, store):
         # Loading weights changes the backbone: class features must be recomputed.
         super().load_own_variables(store)
-        self._forget_text_features()
+        self._text_features = None
+        self.train_function = self.test_function = self.predict_function = None
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "clip": keras.layers.serialize(self.clip),
-                "classnames": self.classnames,
-                "template": self.templates,
-            }
-        )
+        config["template"] = self.templates
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["clip"] = keras.layers.deserialize(config["clip"])
-        return cls(**config)

@@ -1,0 +1,108 @@
+"""The base of every classifier here: a frozen CLIP, a class set, images in 0..255."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from cocoop_tf.clip.prompts import clean_classnames
+from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
+
+
+def l2_normalize(x):
+    """Scales the last axis to unit Euclidean norm."""
+    return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+
+
+class CLIPClassifier(keras.Model):
+    """Shared machinery of `ZeroShotCLIP`, `CoOp` and `CoCoOp`; not used directly.
+
+    Subclasses define `tokenize_classnames(names)` (the class token ids the
+    model takes) and `classify(images, token_ids)` (logits for any class
+    set), and call `set_classnames` at the end of `__init__`.
+
+    `compile()` defaults to the paper's loss (cross-entropy on the logits)
+    and an accuracy metric; training and evaluation check that labels are
+    class indices of the current class set.
+
+    Args:
+        clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
+        **kwargs: standard `keras.Model` arguments.
+    """
+
+    def __init__(self, clip, **kwargs):
+        super().__init__(**kwargs)
+        self.clip = clip
+        self.image_normalization = CLIPImageNormalization(
+            clip.vision_encoder.image_shape[0], dtype=clip.dtype_policy, name="image_normalization"
+        )
+        self.prompt_text_encoder = PromptTextEncoder(
+            clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
+        )
+
+    def set_classnames(self, classnames):
+        """Replaces the class set (e.g. base -> new classes); learned weights stay.
+
+        Args:
+            classnames: list of class names; underscores become spaces.
+        """
+        self.token_ids = self.tokenize_classnames(classnames)
+        self.classnames = clean_classnames(classnames)
+        # Traced functions hold the old token ids as constants.
+        self.train_function = self.test_function = self.predict_function = None
+
+    def call(self, images):
+        return self.classify(images, self.token_ids)
+
+    def encode_images(self, images):
+        """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
+        images = self.image_normalization(images)
+        return l2_normalize(self.clip.get_vision_embeddings(images))
+
+    def logit_scale(self, dtype):
+        """CLIP's learned temperature, `exp(logit_scale)` (about 100)."""
+        return ops.exp(ops.cast(self.clip.clip_head.logit_scale, dtype))
+
+    # --- training and evaluation ---------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with the paper's cross-entropy and accuracy by default."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics is None:
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def train_step(self, data):
+        return super().train_step(self._check_labels(data))
+
+    def test_step(self, data):
+        return super().test_step(self._check_labels(data))
+
+    def _check_labels(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("Training and evaluation need (images, labels) pairs.")
+        num_classes = len(self.classnames)
+        y = tf.convert_to_tensor(y)
+        check = tf.debugging.Assert(
+            tf.reduce_all((y >= 0) & (y < num_classes)),
+            [f"Labels must be class indices in [0, {num_classes}) for this model's "
+             f"{num_classes} classes; check the labels or set_classnames(). Got:", y],
+        )
+        with tf.control_dependencies([check]):
+            y = tf.identity(y)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    # --- serialisation -------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"clip": keras.layers.serialize(self.clip), "classnames": self.classnames})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["clip"] = keras.layers.deserialize(config["clip"])
+        return cls(**config)
