@@ -1,7 +1,16 @@
-"""CLIP's frozen text transformer run on prompt embeddings."""
+"""CLIP's frozen text transformer run on prompt embeddings, exactly and fast."""
+
+import math
 
 import keras
+import numpy as np
 from keras import ops
+
+# Token rows (sequences x positions) per chunk of classes in the efficient
+# path: about 128 MB of float32 activations per tensor at width 512.
+DEFAULT_TOKEN_BUDGET = 65536
+# Groups (images) assumed per call when the batch size is not known statically.
+ASSUMED_GROUPS = 32
 
 
 @keras.saving.register_keras_serializable(package="cocoop_tf")
@@ -12,18 +21,29 @@ class PromptTextEncoder(keras.layers.Layer):
     and the class name's tokens from `class_token_ids[c]` (as made by
     `cocoop_tf.tokenize_classnames`: `[SOS] name tokens [.] [EOS] 0...`),
     cut to the encoder's context length. Position embeddings are added, the
-    causal transformer runs (with an explicit boolean mask), the final layer
+    causal transformer runs (with explicit boolean masks), the final layer
     norm is applied and the feature at the end token is projected. With
     context vectors taken from the words "a photo of a" this is exactly
     CLIP's encoding of "a photo of a {name}."; with no context vectors
     (`M = 0`) it encodes the token ids as they are. Every weight belongs to
     the (frozen) CLIP backbone.
 
+    Two modes give the same result:
+    - `"reference"` runs every (group, class) prompt at the full context
+      length, as the reference implementation does.
+    - `"efficient"` (default) uses the causal structure: nothing after the
+      last end token is computed, and the start token and context vectors,
+      identical for all classes of a group, run once per group; each class's
+      name tokens attend to their keys and values. Classes are processed in
+      chunks of similar length (`class_chunk_size`) to bound memory.
+
     Call arguments:
         context: `[G, M, D]`, one context per group (per image for CoCoOp, a
             single group for CoOp) combined with every class, or
             `[G, C, M, D]`, one context per group and class.
-        class_token_ids: int `[C, L]` token ids of the class names.
+        class_token_ids: int `[C, L]` token ids of the class names. A NumPy
+            array (a fixed class set) lets the efficient path sort classes
+            by length and use static shapes; a tensor works too.
 
     Returns:
         Text features `[G, C, projection_dim]` (not normalised).
@@ -31,25 +51,78 @@ class PromptTextEncoder(keras.layers.Layer):
     Args:
         text_encoder: the backbone's `text_encoder` (keras-hub CLIPTextEncoder).
         text_projection: the backbone's `text_projection` Dense layer.
+        mode: `"efficient"` or `"reference"`.
+        class_chunk_size: classes per chunk in the efficient path; None picks
+            it so a chunk holds about 65 536 token rows for the batch.
         **kwargs: standard `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, text_encoder, text_projection, **kwargs):
+    def __init__(self, text_encoder, text_projection, mode="efficient", class_chunk_size=None, **kwargs):
         super().__init__(**kwargs)
+        if mode not in ("efficient", "reference"):
+            raise ValueError(f"mode must be 'efficient' or 'reference', got {mode!r}.")
         self.text_encoder = text_encoder
         self.text_projection = text_projection
+        self.mode = mode
+        self.class_chunk_size = class_chunk_size
 
     def call(self, context, class_token_ids):
         n_ctx = context.shape[-2]
-        token_ids = ops.convert_to_tensor(class_token_ids, "int32")
-        token_ids = token_ids[:, : self.text_encoder.max_sequence_length - n_ctx]
-        num_classes = ops.shape(token_ids)[0]
-        length = ops.shape(token_ids)[1] + n_ctx
+        limit = self.text_encoder.max_sequence_length - n_ctx
+        if self.mode == "reference":
+            token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
+            return self._encode_full(context, token_ids)
+        if not isinstance(class_token_ids, np.ndarray):
+            # A class set known only at run time: one chunk, cut after its last end token.
+            token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
+            token_ids = token_ids[:, : ops.max(ops.argmax(token_ids, axis=-1)) + 1]
+            return self._encode(context, token_ids)
+        token_ids = class_token_ids[:, :limit].astype("int32")
+        lengths = np.argmax(token_ids, axis=-1) + 1
+        order = np.argsort(lengths, kind="stable")
+        chunk = self._chunk_size(context, int(lengths.max()) + n_ctx)
+        features = []
+        for start in range(0, len(order), chunk):
+            classes = order[start : start + chunk]
+            ids = token_ids[classes, : lengths[classes].max()]
+            features.append(self._encode(context, ids, classes))
+        features = ops.concatenate(features, axis=1)
+        if np.any(order != np.arange(len(order))):
+            features = ops.take(features, np.argsort(order), axis=1)
+        return features
+
+    def _encode(self, context, token_ids, classes=None):
+        if len(context.shape) == 4:  # one context per class: no shared prefix
+            if classes is not None:
+                context = ops.take(context, classes, axis=1)
+            return self._encode_full(context, token_ids)
+        return self._encode_shared_prefix(context, token_ids)
+
+    def _chunk_size(self, context, length):
+        if self.class_chunk_size:
+            return int(self.class_chunk_size)
+        groups = context.shape[0] or ASSUMED_GROUPS
+        return max(1, DEFAULT_TOKEN_BUDGET // (groups * length))
+
+    def _embed(self, token_ids):
+        return ops.cast(self.text_encoder.embedding.token_embedding(token_ids), self.compute_dtype)
+
+    def _positions(self, start, length):
+        table = self.text_encoder.embedding.position_embedding.position_embeddings
+        return ops.cast(table, self.compute_dtype)[start : start + length]
+
+    def _project(self, hidden, eos):
+        """Final layer norm and projection of `hidden[i, eos[i]]`."""
+        hidden = ops.take_along_axis(hidden, ops.reshape(eos, (-1, 1, 1)), axis=1)[:, 0]
+        return self.text_projection(self.text_encoder.layer_norm(hidden))
+
+    def _encode_full(self, context, token_ids):
+        """Every (group, class) prompt as one full sequence."""
+        n_ctx = context.shape[-2]
+        num_classes, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1] + n_ctx
         groups = ops.shape(context)[0]
         width = self.text_encoder.hidden_dim
-        embedded = ops.cast(
-            self.text_encoder.embedding.token_embedding(token_ids), self.compute_dtype
-        )
+        embedded = self._embed(token_ids)
         context = ops.cast(context, self.compute_dtype)
         if len(context.shape) == 3:
             context = ops.broadcast_to(context[:, None], (groups, num_classes, n_ctx, width))
@@ -62,20 +135,38 @@ class PromptTextEncoder(keras.layers.Layer):
             ],
             axis=2,
         )
-        x = ops.reshape(prompts, (-1, length, width)) + self._positions(length)
+        x = ops.reshape(prompts, (-1, length, width)) + self._positions(0, length)
         causal = ops.tril(ops.ones((length, length), "bool"))[None]
         for block in self.text_encoder.encoder_layers:
             x = transformer_block(block, x, causal)
-        x = self.text_encoder.layer_norm(x)
         # The end token has the largest id; the context shifts it by M places.
         eos = ops.tile(ops.argmax(token_ids, axis=-1) + n_ctx, (groups,))
-        features = ops.take_along_axis(x, ops.reshape(eos, (-1, 1, 1)), axis=1)[:, 0]
-        features = self.text_projection(features)
-        return ops.reshape(features, (groups, num_classes, -1))
+        return ops.reshape(self._project(x, eos), (groups, num_classes, -1))
 
-    def _positions(self, length):
-        table = self.text_encoder.embedding.position_embedding.position_embeddings
-        return ops.cast(table, self.compute_dtype)[:length]
+    def _encode_shared_prefix(self, context, token_ids):
+        """Start token and context once per group; class tokens attend to them."""
+        groups = ops.shape(context)[0]
+        num_classes = ops.shape(token_ids)[0]
+        width = self.text_encoder.hidden_dim
+        n_prefix = context.shape[1] + 1
+        embedded = self._embed(token_ids)
+        start = ops.broadcast_to(embedded[:1, :1], (groups, 1, width))
+        prefix = ops.concatenate([start, ops.cast(context, self.compute_dtype)], axis=1)
+        prefix = prefix + self._positions(0, n_prefix)
+        names = embedded[:, 1:]
+        n_names = ops.shape(names)[1]
+        names = names + self._positions(n_prefix, n_names)
+        names = ops.reshape(
+            ops.broadcast_to(names[None], (groups, num_classes, n_names, width)), (-1, n_names, width)
+        )
+        blocks = self.text_encoder.encoder_layers
+        for i, block in enumerate(blocks):
+            prefix, names = shared_prefix_block(
+                block, prefix, names, groups, num_classes, update_prefix=i < len(blocks) - 1
+            )
+        # Position of the end token among the name tokens (which start after SOS).
+        eos = ops.tile(ops.argmax(token_ids, axis=-1) - 1, (groups,))
+        return ops.reshape(self._project(names, eos), (groups, num_classes, -1))
 
     def get_config(self):
         config = super().get_config()
@@ -83,6 +174,8 @@ class PromptTextEncoder(keras.layers.Layer):
             {
                 "text_encoder": keras.layers.serialize(self.text_encoder),
                 "text_projection": keras.layers.serialize(self.text_projection),
+                "mode": self.mode,
+                "class_chunk_size": self.class_chunk_size,
             }
         )
         return config
@@ -99,5 +192,73 @@ def transformer_block(block, x, attention_mask):
     """One pre-norm CLIP block (keras-hub `CLIPEncoderLayer`) with a given mask."""
     h = block.layer_norm_1(x)
     x = x + block.attention(h, h, h, attention_mask=attention_mask)
-    h = block.dense_1(block.layer_norm_2(x))
-    return x + block.dense_2(block.activation(h))
+    return x + _mlp(block, x)
+
+
+def _mlp(block, x):
+    return block.dense_2(block.activation(block.dense_1(block.layer_norm_2(x))))
+
+
+def _masked_softmax(scores, mask):
+    """Softmax over positions where `mask` is True; at least float32, as Keras does."""
+    if keras.backend.standardize_dtype(scores.dtype) in ("float16", "bfloat16"):
+        scores = ops.cast(scores, "float32")
+    scores = ops.where(mask, scores, -1e9)
+    return ops.softmax(scores, axis=-1)
+
+
+def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix=True):
+    """One CLIP block for a shared prefix and the name tokens of many classes.
+
+    Args:
+        block: a keras-hub `CLIPEncoderLayer` (its weights are used).
+        prefix: `[G, P, D]` hidden states of the shared positions.
+        names: `[G * C, S, D]` hidden states of each class's later positions.
+        groups: G.
+        num_classes: C.
+        update_prefix: whether to return the prefix's next hidden states
+            (not needed after the last block).
+
+    Returns:
+        The next `(prefix, names)` hidden states.
+    """
+    attention = block.attention
+    heads = block.num_heads
+    head_dim = block.hidden_dim // heads
+    scale = 1.0 / math.sqrt(head_dim)
+    n_prefix = prefix.shape[1]
+    n_names = ops.shape(names)[1]
+
+    h_prefix = block.layer_norm_1(prefix)
+    h_names = block.layer_norm_1(names)
+    q_prefix = attention.query_dense(h_prefix) * scale
+    k_prefix = attention.key_dense(h_prefix)
+    v_prefix = attention.value_dense(h_prefix)
+    per_class = (groups, num_classes, n_names, heads, head_dim)
+    q_names = ops.reshape(attention.query_dense(h_names) * scale, per_class)
+    k_names = ops.reshape(attention.key_dense(h_names), per_class)
+    v_names = ops.reshape(attention.value_dense(h_names), per_class)
+
+    # Name tokens see the whole prefix and, causally, their own class's tokens.
+    to_prefix = ops.einsum("gcqhd,gkhd->gchqk", q_names, k_prefix)
+    to_names = ops.einsum("gcqhd,gckhd->gchqk", q_names, k_names)
+    causal = ops.tril(ops.ones((n_names, n_names), "bool"))
+    everything = ops.concatenate([ops.ones((n_names, n_prefix), "bool"), causal], axis=1)
+    weights = _masked_softmax(ops.concatenate([to_prefix, to_names], axis=-1), everything)
+    weights = ops.cast(weights, v_names.dtype)
+    attended = ops.einsum("gchqk,gkhd->gcqhd", weights[..., :n_prefix], v_prefix)
+    attended = attended + ops.einsum("gchqk,gckhd->gcqhd", weights[..., n_prefix:], v_names)
+    attended = ops.reshape(attended, (-1, n_names, heads, head_dim))
+    names = names + attention.output_dense(attended)
+    names = names + _mlp(block, names)
+
+    if update_prefix:
+        if n_prefix == 1:  # the start token alone attends only to itself
+            attended = v_prefix
+        else:
+            scores = ops.einsum("gqhd,gkhd->ghqk", q_prefix, k_prefix)
+            weights = _masked_softmax(scores, ops.tril(ops.ones((n_prefix, n_prefix), "bool")))
+            attended = ops.einsum("ghqk,gkhd->gqhd", ops.cast(weights, v_prefix.dtype), v_prefix)
+        prefix = prefix + attention.output_dense(attended)
+        prefix = prefix + _mlp(block, prefix)
+    return prefix, names

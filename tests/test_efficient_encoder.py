@@ -1,0 +1,134 @@
+"""The efficient prompt text encoder gives the full-length reference's results."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import max_relative_difference
+
+import cocoop_tf
+from cocoop_tf.clip.backbone import CLIPArchitecture
+from cocoop_tf.clip.backbone import random_backbone
+
+TOLERANCE = 1e-5
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    architecture = CLIPArchitecture(
+        image_size=16, patch_size=8, vision_width=24, vision_layers=1, vision_heads=2,
+        vision_mlp_width=40, vocabulary_size=49408, context_length=77, text_width=48,
+        text_layers=3, text_heads=4, text_mlp_width=72, projection_dim=20,
+    )
+    backbone = random_backbone(architecture, seed=21)
+    backbone.trainable = False
+    return backbone
+
+
+def _classnames(count, rng, longest=8):
+    """Names of 1..longest words; the first is one token, the second very long."""
+    names = ["x", " ".join((WORDS * 2)[:25])]
+    while len(names) < count:
+        names.append(" ".join(rng.choice(WORDS, rng.integers(1, longest + 1))) + f" {len(names)}")
+    return names[:count]
+
+
+def _logits_and_gradients(model, images, weights, mode, token_ids=None):
+    model.prompt_text_encoder.mode = mode
+    with tf.GradientTape() as tape:
+        logits = model(images) if token_ids is None else model.classify(images, token_ids)
+        # A random linear functional of the logits: its gradient does not vanish
+        # the way a saturated cross-entropy's does, so every path is exercised.
+        loss = tf.reduce_sum(logits * weights)
+    return logits, tape.gradient(loss, model.trainable_variables)
+
+
+def _assert_same(model, images, num_classes, token_ids=None):
+    weights = np.random.default_rng(5).normal(size=(len(images), num_classes)).astype("float32")
+    fast, fast_grads = _logits_and_gradients(model, images, weights, "efficient", token_ids)
+    slow, slow_grads = _logits_and_gradients(model, images, weights, "reference", token_ids)
+    assert max_relative_difference(fast, slow) <= TOLERANCE
+    for variable, a, b in zip(model.trainable_variables, fast_grads, slow_grads):
+        assert max_relative_difference(a, b) <= TOLERANCE, variable.path
+
+
+@pytest.mark.parametrize(
+    "batch, num_classes, chunk",
+    [(1, 1, None), (1, 2, None), (3, 7, None), (3, 7, 3), (8, 40, 6), (2, 13, 1)],
+)
+def test_cocoop_efficient_equals_reference(clip, rng, batch, num_classes, chunk):
+    names = _classnames(num_classes, rng)
+    model = cocoop_tf.CoCoOp(clip, names, reduction=4)
+    model.prompt_text_encoder.class_chunk_size = chunk
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.05, variable.shape).astype("float32"))
+    images = rng.uniform(0, 255, (batch, 16, 16, 3)).astype("float32")
+    _assert_same(model, images, num_classes)
+
+
+@pytest.mark.parametrize("n_ctx", [1, 4, 16])
+def test_coop_efficient_equals_reference(clip, rng, n_ctx):
+    names = _classnames(9, rng)
+    model = cocoop_tf.CoOp(clip, names, n_ctx=n_ctx, ctx_init=None)
+    images = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    _assert_same(model, images, 9)
+
+
+def test_class_specific_context_efficient_equals_reference(clip, rng):
+    names = _classnames(6, rng)
+    model = cocoop_tf.CoOp(clip, names, n_ctx=3, ctx_init=None, class_specific=True)
+    model.prompt_text_encoder.class_chunk_size = 4  # chunks must pick their own contexts
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.05, variable.shape).astype("float32"))
+    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    _assert_same(model, images, 6)
+
+
+def test_class_set_given_as_a_tensor(clip, rng):
+    """Exported graphs get token ids at run time: dynamic truncation, one chunk."""
+    model = cocoop_tf.CoCoOp(clip, ["a"], reduction=4)
+    token_ids = tf.constant(cocoop_tf.tokenize_classnames(_classnames(5, rng)))
+    images = rng.uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    _assert_same(model, images, 5, token_ids)
+
+
+def test_zero_shot_efficient_equals_reference(clip, rng):
+    model = cocoop_tf.ZeroShotCLIP(clip, _classnames(5, rng), template=["a photo of a {}.", "{} texture."])
+    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    token_ids = model.tokenize_classnames(model.classnames)
+    model.prompt_text_encoder.mode = "efficient"
+    fast = model.classify(images, token_ids)
+    model.prompt_text_encoder.mode = "reference"
+    slow = model.classify(images, token_ids)
+    assert max_relative_difference(fast, slow) <= TOLERANCE
+
+
+def test_longest_name_that_fits_the_context(clip, rng):
+    # 70 name tokens + "." + start/end tokens + 4 context vectors = 77 positions.
+    longest = " ".join(["word"] * 70)
+    model = cocoop_tf.CoCoOp(clip, [longest, "x"], reduction=4)
+    assert np.argmax(model.token_ids[0]) == 77 - 4 - 1
+    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    _assert_same(model, images, 2)
+
+
+def test_xla_training_and_evaluation_match_eager(clip, rng):
+    names = _classnames(5, rng)
+    images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    labels = rng.integers(0, 5, 8)
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        model = cocoop_tf.CoCoOp(clip, names, reduction=4)
+        model.compile(optimizer=cocoop_tf.paper_optimizer(2, epochs=2, lr=0.01), jit_compile=jit)
+        history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        results.append((history.history["loss"], model.predict(images, verbose=0)))
+    (eager_loss, eager_logits), (xla_loss, xla_logits) = results
+    np.testing.assert_allclose(xla_loss, eager_loss, rtol=1e-4)
+    assert max_relative_difference(xla_logits, eager_logits) <= 1e-4
+
+
+def test_bad_mode(clip):
+    with pytest.raises(ValueError, match="mode must be 'efficient' or 'reference'"):
+        cocoop_tf.layers.PromptTextEncoder(clip.text_encoder, clip.text_projection, mode="fast")
