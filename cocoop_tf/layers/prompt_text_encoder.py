@@ -231,24 +231,25 @@ def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix
 
     h_prefix = block.layer_norm_1(prefix)
     h_names = block.layer_norm_1(names)
-    q_prefix = attention.query_dense(h_prefix) * scale
     k_prefix = attention.key_dense(h_prefix)
     v_prefix = attention.value_dense(h_prefix)
-    per_class = (groups, num_classes, n_names, heads, head_dim)
-    q_names = ops.reshape(attention.query_dense(h_names) * scale, per_class)
-    k_names = ops.reshape(attention.key_dense(h_names), per_class)
-    v_names = ops.reshape(attention.value_dense(h_names), per_class)
 
-    # Name tokens see the whole prefix and, causally, their own class's tokens.
-    to_prefix = ops.einsum("gcqhd,gkhd->gchqk", q_names, k_prefix)
-    to_names = ops.einsum("gcqhd,gckhd->gchqk", q_names, k_names)
+    # Each class's name tokens see the whole prefix of their group and, causally,
+    # their own tokens: one attention over [prefix; names] keys per sequence.
+    def with_prefix(prefix_part, names_part):
+        shared = ops.broadcast_to(
+            prefix_part[:, None], (groups, num_classes, n_prefix, heads, head_dim)
+        )
+        shared = ops.reshape(shared, (-1, n_prefix, heads, head_dim))
+        return ops.concatenate([shared, names_part], axis=1)
+
+    query = attention.query_dense(h_names) * scale
+    keys = with_prefix(k_prefix, attention.key_dense(h_names))
+    values = with_prefix(v_prefix, attention.value_dense(h_names))
     causal = ops.tril(ops.ones((n_names, n_names), "bool"))
-    everything = ops.concatenate([ops.ones((n_names, n_prefix), "bool"), causal], axis=1)
-    weights = _masked_softmax(ops.concatenate([to_prefix, to_names], axis=-1), everything)
-    weights = ops.cast(weights, v_names.dtype)
-    attended = ops.einsum("gchqk,gkhd->gcqhd", weights[..., :n_prefix], v_prefix)
-    attended = attended + ops.einsum("gchqk,gckhd->gcqhd", weights[..., n_prefix:], v_names)
-    attended = ops.reshape(attended, (-1, n_names, heads, head_dim))
+    visible = ops.concatenate([ops.ones((n_names, n_prefix), "bool"), causal], axis=1)
+    weights = _masked_softmax(ops.einsum("bqhd,bkhd->bhqk", query, keys), visible)
+    attended = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, values.dtype), values)
     names = names + attention.output_dense(attended)
     names = names + _mlp(block, names)
 
@@ -256,9 +257,10 @@ def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix
         if n_prefix == 1:  # the start token alone attends only to itself
             attended = v_prefix
         else:
-            scores = ops.einsum("gqhd,gkhd->ghqk", q_prefix, k_prefix)
+            q_prefix = attention.query_dense(h_prefix) * scale
+            scores = ops.einsum("bqhd,bkhd->bhqk", q_prefix, k_prefix)
             weights = _masked_softmax(scores, ops.tril(ops.ones((n_prefix, n_prefix), "bool")))
-            attended = ops.einsum("ghqk,gkhd->gqhd", ops.cast(weights, v_prefix.dtype), v_prefix)
+            attended = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, v_prefix.dtype), v_prefix)
         prefix = prefix + attention.output_dense(attended)
         prefix = prefix + _mlp(block, prefix)
     return prefix, names
