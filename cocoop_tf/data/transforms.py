@@ -1,4 +1,6 @@
-"""Image decoding and CLIP's evaluation transform, in TensorFlow ops."""
+"""Image decoding and CLIP's training and evaluation transforms, in TensorFlow ops."""
+
+import math
 
 import tensorflow as tf
 
@@ -58,3 +60,125 @@ def resize_and_center_crop(image, size):
     image = image[top : top + size, left : left + size]
     # Bicubic interpolation overshoots; keep the documented 0..255 range.
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def decode_image(data):
+    """Decodes encoded image bytes (JPEG, PNG, GIF, BMP) as RGB uint8, [H, W, 3].
+
+    The graph-mode counterpart of `load_image`: grey images are repeated to
+    three channels, alpha is dropped, CMYK JPEGs are converted to RGB (as
+    Adobe-inverted CMYK, which is how Photoshop writes them) and an animated
+    GIF gives its first frame. A corrupt input makes the op fail; the input
+    pipeline turns that into an error or a warning naming the file.
+
+    Args:
+        data: scalar string tensor, the file's bytes.
+
+    Returns:
+        A uint8 tensor [H, W, 3].
+    """
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def random_crop_window(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Draws a crop window the way torchvision's `RandomResizedCrop` does.
+
+    Up to ten attempts draw an area fraction uniformly from `scale` and an
+    aspect ratio log-uniformly from `ratio`; the first window that fits the
+    image is placed uniformly at random. When none fits, the window is the
+    centred crop with the aspect ratio clamped to `ratio`.
+
+    Args:
+        height: image height (int32 scalar).
+        width: image width (int32 scalar).
+        seed: int32/int64 tensor of shape [2], for the stateless random ops.
+        scale: range of the crop's area as a fraction of the image's area.
+        ratio: range of the crop's aspect ratio (width / height).
+
+    Returns:
+        `(top, left, crop_height, crop_width)` as int32 scalars.
+    """
+    area_seed, ratio_seed, offset_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3)
+    )
+    height_f = tf.cast(height, tf.float32)
+    width_f = tf.cast(width, tf.float32)
+    attempts = 10
+    target_area = height_f * width_f * tf.random.stateless_uniform(
+        [attempts], area_seed, scale[0], scale[1]
+    )
+    aspect = tf.exp(
+        tf.random.stateless_uniform(
+            [attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1])
+        )
+    )
+    # tf.round rounds half to even, like Python's round() in torchvision.
+    crop_widths = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    crop_heights = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    fits = (crop_widths > 0) & (crop_widths <= width) & (crop_heights > 0) & (
+        crop_heights <= height
+    )
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    found = tf.reduce_any(fits)
+
+    in_ratio = width_f / height_f
+    too_tall = in_ratio < ratio[0]
+    too_wide = in_ratio > ratio[1]
+    fallback_width = tf.where(
+        too_wide, tf.cast(tf.round(height_f * ratio[1]), tf.int32), width
+    )
+    fallback_height = tf.where(
+        too_tall, tf.cast(tf.round(width_f / ratio[0]), tf.int32), height
+    )
+
+    crop_height = tf.where(found, crop_heights[first], fallback_height)
+    crop_width = tf.where(found, crop_widths[first], fallback_width)
+    # Uniform integers in [0, height - crop_height] and [0, width - crop_width].
+    u = tf.random.stateless_uniform([2], offset_seed)
+    random_top = tf.cast(u[0] * tf.cast(height - crop_height + 1, tf.float32), tf.int32)
+    random_left = tf.cast(u[1] * tf.cast(width - crop_width + 1, tf.float32), tf.int32)
+    top = tf.where(found, tf.minimum(random_top, height - crop_height), (height - crop_height) // 2)
+    left = tf.where(found, tf.minimum(random_left, width - crop_width), (width - crop_width) // 2)
+    return top, left, crop_height, crop_width
+
+
+def random_resized_crop(image, size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """CLIP's training crop: a random window (as torchvision), bicubic resize.
+
+    Args:
+        image: [H, W, 3] tensor of pixel values 0..255 (any dtype).
+        size: output side length.
+        seed: tensor of shape [2] for the stateless random ops; the same
+            seed gives the same crop.
+        scale: range of the crop's area as a fraction of the image's area.
+        ratio: range of the crop's aspect ratio (width / height).
+
+    Returns:
+        A float32 tensor [size, size, 3] of pixel values 0..255.
+    """
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    top, left, crop_height, crop_width = random_crop_window(
+        shape[0], shape[1], seed, scale, ratio
+    )
+    crop = image[top : top + crop_height, left : left + crop_width]
+    # Antialiased like PIL's bicubic resize, which torchvision uses for images.
+    crop = tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
+    crop.set_shape([size, size, 3])
+    return tf.clip_by_value(crop, 0.0, 255.0)
+
+
+def random_horizontal_flip(image, seed):
+    """Mirrors the image left to right with probability 1/2.
+
+    Args:
+        image: [H, W, C] tensor.
+        seed: tensor of shape [2] for the stateless random op.
+
+    Returns:
+        The image, flipped or not.
+    """
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.where(flip, tf.reverse(image, axis=[1]), image)

@@ -1,0 +1,431 @@
+"""The dataset object: splits, few-shot and base/new views, tf.data pipelines."""
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import warnings
+
+from cocoop_tf.data.benchmarks import BENCHMARKS
+from cocoop_tf.data.benchmarks import find_benchmark
+from cocoop_tf.data.pipeline import make_pipeline
+from cocoop_tf.data.sources import SPLITS
+from cocoop_tf.data.sources import benchmark_source
+from cocoop_tf.data.sources import folder_source
+
+DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
+FEW_SHOT_FORMAT = "cocoop_tf.few_shot.v1"
+SUBSETS = ("all", "base", "new")
+
+
+def _safe(name):
+    """A dataset name usable in file names."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def sample_few_shot(items, shots, rng):
+    """Draws `shots` distinct items per class, as Dassl's `generate_fewshot_dataset`.
+
+    Classes are visited in the order their first item appears in `items`
+    (label order for split files, which list the items class by class); a
+    class with at least `shots` items gets `rng.sample(its items, shots)`,
+    a smaller class keeps all its items. With `rng = random.Random(seed)`
+    this picks the images CoOp's code picks after `random.seed(seed)` from
+    the same item list.
+
+    Args:
+        items: list of `Item`.
+        shots: images per class.
+        rng: a `random.Random`.
+
+    Returns:
+        `(chosen, short)`: the chosen items, class by class, and the labels
+        of the classes that had fewer than `shots` items.
+    """
+    groups = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    chosen, short = [], []
+    for label, group in groups.items():
+        if len(group) >= shots:
+            chosen += rng.sample(group, shots)
+        else:
+            chosen += group
+            short.append(label)
+    return chosen, short
+
+
+def subset_labels(num_classes, subset):
+    """The labels of the base-to-new subsets: base = the first ceil(n / 2), new = the rest.
+
+    Args:
+        num_classes: n, the number of classes.
+        subset: "all", "base" or "new".
+
+    Returns:
+        A `range` of the original labels kept, in order (the new label of
+        each is its position).
+    """
+    half = math.ceil(num_classes / 2)
+    return {"all": range(num_classes), "base": range(half), "new": range(half, num_classes)}[subset]
+
+
+class ImageDataset:
+    """An image classification dataset and its views.
+
+    Made by `load_dataset`. Views return new objects and compose in any
+    order: `ds.few_shot(16, 1).subsample("base")` is
+    `ds.subsample("base").few_shot(16, 1)`, since few-shot sampling always
+    runs over all classes first, as in CoOp.
+
+    Args:
+        source: a `sources.Source` (or `TFDSSource`): class names and splits.
+        shots: the few-shot view's images per class (None: all images).
+        seed: the few-shot view's seed.
+        subset: "all", "base" or "new".
+        chosen: the few-shot choice, dict from "train"/"val" to items with
+            the source's labels.
+
+    Attributes:
+        name: the dataset's name.
+        classnames: class names in label order (of this view).
+        template: the zero-shot prompt template, e.g. "a photo of a {}.".
+        train, val, test: lists of `Item(path, label)`.
+        shots, seed: the few-shot view's parameters (None for all images).
+        subset: "all", "base" or "new".
+        source: where the images come from.
+    """
+
+    def __init__(self, source, *, shots=None, seed=None, subset="all", chosen=None):
+        self.source = source
+        self.shots = shots
+        self.seed = seed
+        self.subset = subset
+        self._chosen = dict(chosen or {})
+        self._items = {}
+
+    @property
+    def name(self):
+        return self.source.name
+
+    @property
+    def template(self):
+        return self.source.template
+
+    @property
+    def _labels(self):
+        return subset_labels(len(self.source.classnames), self.subset)
+
+    @property
+    def classnames(self):
+        return [self.source.classnames[label] for label in self._labels]
+
+    @property
+    def num_classes(self):
+        return len(self._labels)
+
+    def items(self, split):
+        """The items of a split ("train", "val" or "test") in this view.
+
+        Returns:
+            A list of `Item(path, label)`, labels relabelled from 0 in a
+            base/new view.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+        if split not in self._items:
+            items = self._chosen[split] if split in self._chosen else self.source.split(split)
+            new_label = {old: new for new, old in enumerate(self._labels)}
+            self._items[split] = [
+                item._replace(label=new_label[item.label])
+                for item in items
+                if item.label in new_label
+            ]
+        return self._items[split]
+
+    @property
+    def train(self):
+        return self.items("train")
+
+    @property
+    def val(self):
+        return self.items("val")
+
+    @property
+    def test(self):
+        return self.items("test")
+
+    def few_shot(self, shots, seed, cache_dir=None):
+        """The few-shot view: `shots` images per class for training.
+
+        Train gets `shots` distinct images per class and val `min(shots, 4)`,
+        drawn with one `random.Random(seed)` (train first, then val), class
+        by class; see `sample_few_shot`. The same seed gives the same images
+        on any machine. A class with fewer images keeps all it has, with a
+        warning. The test split is unchanged.
+
+        Args:
+            shots: images per class, >= 1.
+            seed: an integer seed (the paper uses 1, 2, 3).
+            cache_dir: if given, the choice is recorded there as
+                `<name>_shot_<shots>-seed_<seed>.json` (CoOp split-file format,
+                `[path, label, class name]` with paths relative to the image
+                folder), and read back instead of sampling when the file
+                exists, so runs can be audited and repeated.
+
+        Returns:
+            A new `ImageDataset`.
+        """
+        if self.shots is not None:
+            raise ValueError(
+                f"This is already a {self.shots}-shot view; call few_shot on the dataset "
+                "that load_dataset returned."
+            )
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"shots must be an integer >= 1, got {shots!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}.")
+        record = None
+        if cache_dir is not None:
+            filename = f"{_safe(self.name)}_shot_{shots}-seed_{seed}.json"
+            record = os.path.join(os.fspath(cache_dir), filename)
+        if record is not None and os.path.exists(record):
+            chosen = self._read_record(record, shots, seed)
+        else:
+            rng = random.Random(seed)
+            chosen = {}
+            for split, k in (("train", shots), ("val", min(shots, 4))):
+                chosen[split], short = sample_few_shot(self.source.split(split), k, rng)
+                if short:
+                    names = [self.source.classnames[label] for label in short]
+                    warnings.warn(
+                        f"{self.name}: {len(short)} classes have fewer than {k} {split} images "
+                        f"and use all they have: {names[:10]}{' ...' if len(names) > 10 else ''}.",
+                        stacklevel=2,
+                    )
+            if record is not None:
+                self._write_record(record, shots, seed, chosen)
+        return ImageDataset(self.source, shots=shots, seed=seed, subset=self.subset, chosen=chosen)
+
+    def subsample(self, subset):
+        """The base-to-new view: "all", "base" or "new" classes, relabelled from 0.
+
+        Classes are taken in label order: base is the first ceil(n / 2),
+        new the rest. Every split keeps only the images of those classes.
+
+        Args:
+            subset: "all", "base" or "new".
+
+        Returns:
+            A new `ImageDataset`.
+        """
+        if subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}.")
+        if self.subset != "all" and subset != self.subset:
+            raise ValueError(
+                f"This is already the {self.subset!r} view; call subsample on the dataset "
+                "that holds all classes."
+            )
+        return ImageDataset(
+            self.source, shots=self.shots, seed=self.seed, subset=subset, chosen=self._chosen
+        )
+
+    def to_tf_dataset(
+        self,
+        split,
+        batch_size,
+        training,
+        image_size=224,
+        *,
+        cache=False,
+        seed=None,
+        deterministic=False,
+        skip_corrupt=False,
+        drop_remainder=False,
+    ):
+        """A `tf.data.Dataset` of (images, labels) for one split.
+
+        Images are float32 pixel values 0..255, [B, image_size, image_size, 3];
+        labels int32 [B]. Training: shuffled each epoch, random resized crop
+        (scale 0.08-1, aspect 3/4-4/3, bicubic) and horizontal flip.
+        Evaluation: short side resized to `image_size` (bicubic), centre
+        crop, in the order of `items(split)` (unless images are skipped).
+        Decoding (JPEG, PNG, grey, CMYK, alpha) runs in parallel, batches
+        are prefetched.
+
+        Args:
+            split: "train", "val" or "test".
+            batch_size: images per batch.
+            training: augmented and shuffled (True) or evaluation (False).
+            image_size: output side length.
+            cache: keep the encoded images after the first epoch: True in
+                memory, or a directory for cache files (named by the split
+                and a digest of its items, so views never share one).
+                Recommended for few-shot views of TFDS sources, which
+                otherwise read through the whole split every epoch.
+            seed: seed of shuffling and augmentation (None: random each run).
+            deterministic: reproducible output, order included (seed 0 if
+                `seed` is None); for tests and audits.
+            skip_corrupt: skip images that cannot be decoded, printing a
+                warning that names each; by default such an image stops the
+                pipeline with an error naming the file.
+            drop_remainder: drop the last, smaller batch.
+
+        Returns:
+            A `tf.data.Dataset`.
+        """
+        items = self.items(split)
+        if not items:
+            raise ValueError(
+                f"The {split!r} split of {self!r} is empty"
+                + (" (TFDS has no such split here; pass tfds_splits= to load_dataset)."
+                   if self.source.root is None else ".")
+            )
+        if cache is not True and cache not in (False, None):
+            os.makedirs(cache, exist_ok=True)
+            digest = hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
+            cache = os.path.join(os.fspath(cache), f"{_safe(self.name)}_{split}_{digest}")
+        return make_pipeline(
+            lambda shuffle, seed: self.source.read(split, items, shuffle, seed),
+            len(items),
+            batch_size,
+            training,
+            image_size,
+            cache=cache,
+            seed=seed,
+            deterministic=deterministic,
+            skip_corrupt=skip_corrupt,
+            drop_remainder=drop_remainder,
+        )
+
+    def __repr__(self):
+        view = []
+        if self.shots is not None:
+            view.append(f"{self.shots}-shot seed {self.seed}")
+        if self.subset != "all":
+            view.append(self.subset)
+        sizes = ", ".join(f"{split} {len(self.items(split))}" for split in SPLITS)
+        return (
+            f"<ImageDataset {self.name!r}{' (' + ', '.join(view) + ')' if view else ''}: "
+            f"{self.num_classes} classes, {sizes}>"
+        )
+
+    # --- few-shot records -------------------------------------------------------
+
+    def _write_record(self, path, shots, seed, chosen):
+        names = self.source.classnames
+        record = {
+            "format": FEW_SHOT_FORMAT,
+            "dataset": self.name,
+            "shots": shots,
+            "seed": seed,
+            "sampling": "per class in order of first appearance: random.Random(seed).sample"
+                        "(class items, shots) for train, then min(shots, 4) for val",
+            **{split: [[self.source.key(i), i.label, names[i.label]] for i in chosen[split]]
+               for split in ("train", "val")},
+        }
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=0)
+
+    def _read_record(self, path, shots, seed):
+        with open(path) as f:
+            record = json.load(f)
+        if (record.get("format"), record.get("shots"), record.get("seed")) != (
+            FEW_SHOT_FORMAT, shots, seed,
+        ):
+            raise ValueError(
+                f"{path!r} does not record a {shots}-shot choice with seed {seed} "
+                f"(it has shots={record.get('shots')}, seed={record.get('seed')}); "
+                "remove it or use another cache_dir."
+            )
+        chosen = {}
+        for split in ("train", "val"):
+            by_key = {self.source.key(item): item for item in self.source.split(split)}
+            chosen[split] = []
+            for key, label, _ in record[split]:
+                item = by_key.get(key)
+                if item is None or item.label != label:
+                    raise ValueError(
+                        f"{path!r} lists {key!r} (label {label}), which is not in the {split} "
+                        f"split of {self.name!r} with that label: the dataset changed since "
+                        "the file was written. Remove the file to sample again."
+                    )
+                chosen[split].append(item)
+        return chosen
+
+
+def load_dataset(
+    name_or_path,
+    data_root=None,
+    *,
+    split_file=None,
+    classnames_file=None,
+    tfds_splits=None,
+    download=False,
+):
+    """Loads a dataset: one of the paper's, a TFDS builder, or a folder of images.
+
+    - A benchmark name (`"imagenet"`, `"caltech101"`, `"oxford_pets"`,
+      `"stanford_cars"`, `"oxford_flowers"`, `"food101"`, `"fgvc_aircraft"`,
+      `"sun397"`, `"dtd"`, `"eurosat"`, `"ucf101"`, and the test-only
+      `"imagenetv2"`, `"imagenet_sketch"`, `"imagenet_a"`, `"imagenet_r"`;
+      CoOp's names like `"OxfordPets"` work too): read from CoOp's folder
+      layout under `data_root` (see CoOp's DATASETS.md), with its split
+      files, so splits are the paper's.
+    - `"tfds:<builder>"` (`"tfds:oxford_iiit_pet"`, `"tfds:eurosat/rgb"`): a
+      prepared TensorFlow Datasets builder in `data_root` (TFDS's data dir).
+      TFDS's splits are not the paper's.
+    - A folder path: one subfolder of images per class (see
+      `sources.folder_source` for how splits are made).
+
+    Args:
+        name_or_path: what to load.
+        data_root: the folder that holds the dataset folders (CoOp's $DATA;
+            default: the environment variable COCOOP_TF_DATA), or the TFDS
+            data dir, or a folder that relative folder paths start from.
+        split_file: for folders, a CoOp-format split JSON.
+        classnames_file: ImageNet's `classnames.txt`, for ImageNet and its
+            domain-shift sets (CoOp layout or TFDS).
+        tfds_splits: for TFDS, dict from "train"/"val"/"test" to TFDS splits.
+        download: for TFDS, prepare the builder when it is not (downloads).
+
+    Returns:
+        An `ImageDataset`.
+    """
+    name = os.fspath(name_or_path)
+    if name.startswith("tfds:"):
+        from cocoop_tf.data.tfds_source import TFDSSource
+
+        return ImageDataset(
+            TFDSSource(name[len("tfds:"):], data_root, tfds_splits, classnames_file, download)
+        )
+    benchmark = find_benchmark(name)
+    if benchmark is not None:
+        data_root = data_root or os.environ.get(DATA_ROOT_VARIABLE)
+        if not data_root:
+            raise ValueError(
+                f"load_dataset({name!r}) needs data_root=, the folder that holds the datasets "
+                f"in CoOp's layout ($DATA in CoOp's DATASETS.md, {benchmark.docs}), e.g. "
+                f"data_root='/data' with /data/{benchmark.folder}/ inside; or set the "
+                f"environment variable {DATA_ROOT_VARIABLE}."
+            )
+        return ImageDataset(benchmark_source(benchmark, data_root, classnames_file))
+    candidates = [os.path.expanduser(name)]
+    if data_root and not os.path.isabs(candidates[0]):
+        candidates.insert(0, os.path.join(os.fspath(data_root), candidates[0]))
+    for path in candidates:
+        if os.path.isdir(path):
+            return ImageDataset(folder_source(path, split_file))
+    if os.sep in name or "/" in name or name.startswith((".", "~")):
+        raise FileNotFoundError(
+            f"No folder {' or '.join(map(repr, candidates))}: expected a folder with one "
+            "subfolder of images per class."
+        )
+    raise ValueError(
+        f"Unknown dataset {name!r}. Known datasets: {', '.join(BENCHMARKS)}; or "
+        "'tfds:<builder>' for TensorFlow Datasets, or the path of a folder with one "
+        "subfolder of images per class."
+    )

@@ -1,0 +1,385 @@
+"""Dataset sources on disk: CoOp's folder layouts and class-per-folder images.
+
+A source knows a dataset's class names (label order) and the items of its
+train, val and test splits. Item order is fixed by the files (split-file
+order, or names sorted), never by the file system, so few-shot sampling picks
+the same images on every machine.
+"""
+
+import json
+import os
+import random
+import typing
+
+from cocoop_tf.data.benchmarks import DEFAULT_TEMPLATE
+from cocoop_tf.data.pipeline import read_files
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class Item(typing.NamedTuple):
+    """One labelled image.
+
+    Args:
+        path: the image file (for TFDS sources, the record's `tfds_id`).
+        label: its class index in the dataset's label order.
+    """
+
+    path: str
+    label: int
+
+
+class Source:
+    """A dataset's class names and splits, with images read from files.
+
+    Args:
+        name: the dataset's name.
+        classnames: class names in label order.
+        splits: dict from "train", "val", "test" to lists of `Item` (a
+            missing split is empty).
+        template: the zero-shot prompt template.
+        root: the folder that item paths are recorded relative to in
+            few-shot files (the image folder).
+    """
+
+    def __init__(self, name, classnames, splits, template=DEFAULT_TEMPLATE, root=None):
+        self.name = name
+        self.classnames = list(classnames)
+        self.template = template
+        self.root = root
+        self._splits = {split: list(splits.get(split, [])) for split in SPLITS}
+
+    def split(self, split):
+        """The items of one split ("train", "val" or "test"), a list of `Item`."""
+        return self._splits[split]
+
+    def key(self, item):
+        """The item's path as recorded in split and few-shot files."""
+        if self.root is None:
+            return item.path
+        return os.path.relpath(item.path, self.root).replace(os.sep, "/")
+
+    def read(self, split, items, shuffle=False, seed=None):
+        """The items' encoded images, a `tf.data.Dataset` of (path, bytes, label).
+
+        Args:
+            split: the split the items come from.
+            items: list of `Item`.
+            shuffle: whether to visit the items in a new random order each epoch.
+            seed: the shuffling seed.
+        """
+        del split  # Files are read the same whatever their split.
+        return read_files([i.path for i in items], [i.label for i in items], shuffle, seed)
+
+
+# --- layouts ------------------------------------------------------------------
+
+
+def list_images(folder):
+    """Image files in a folder (no hidden files), sorted by name, as full paths."""
+    names = sorted(
+        n for n in os.listdir(folder)
+        if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    return [os.path.join(folder, n) for n in names]
+
+
+def list_folders(folder):
+    """Subfolders of a folder (no hidden ones), sorted by name."""
+    return sorted(
+        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+    )
+
+
+def read_split_file(split_file, image_dir):
+    """Reads a CoOp split file.
+
+    The file is JSON: `{"train": [[path, label, classname], ...], "val": [...],
+    "test": [...]}`, paths relative to the image folder.
+
+    Args:
+        split_file: path of the JSON file.
+        image_dir: the folder the paths are relative to.
+
+    Returns:
+        `(classnames, splits)`: class names in label order, and a dict from
+        split name to a list of `Item`, in file order.
+    """
+    with open(split_file) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{split_file!r} is not valid JSON: {error}.") from None
+    if not isinstance(data, dict) or not set(data) & set(SPLITS):
+        raise ValueError(
+            f"{split_file!r} is not a split file: expected a JSON object with lists "
+            f'"train", "val", "test" of [relative path, label, class name].'
+        )
+    names, splits = {}, {}
+    for split in SPLITS:
+        items = []
+        for entry in data.get(split, []):
+            if not (isinstance(entry, list) and len(entry) == 3):
+                raise ValueError(
+                    f"{split_file!r}: entry {entry!r} of {split!r} is not "
+                    "[relative path, label, class name]."
+                )
+            path, label, classname = entry
+            items.append(Item(os.path.join(image_dir, path), int(label)))
+            names.setdefault(int(label), classname)
+        splits[split] = items
+    return _label_order(names, split_file), splits
+
+
+def _label_order(names, where):
+    """Class names in label order from {label: name}; labels must be 0..n-1."""
+    if sorted(names) != list(range(len(names))):
+        raise ValueError(f"{where!r}: the labels are not 0..{len(names) - 1}: {sorted(names)}.")
+    return [names[label] for label in range(len(names))]
+
+
+def read_aircraft(folder, image_dir):
+    """Reads FGVC-Aircraft's variant files, as CoOp does.
+
+    `variants.txt` lists the 100 variants in label order; each
+    `images_variant_<split>.txt` line is `<image id> <variant>`, the image
+    being `<image_dir>/<image id>.jpg`.
+
+    Args:
+        folder: the dataset folder.
+        image_dir: its image folder.
+
+    Returns:
+        `(classnames, splits)`.
+    """
+    with open(os.path.join(folder, "variants.txt")) as f:
+        classnames = [line.strip() for line in f if line.strip()]
+    labels = {name: label for label, name in enumerate(classnames)}
+    splits = {}
+    for split in SPLITS:
+        path = os.path.join(folder, f"images_variant_{split}.txt")
+        items = []
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                image_id, _, variant = line.strip().partition(" ")
+                if variant not in labels:
+                    raise ValueError(f"{path!r}: variant {variant!r} is not in variants.txt.")
+                items.append(Item(os.path.join(image_dir, image_id + ".jpg"), labels[variant]))
+        splits[split] = items
+    return classnames, splits
+
+
+def read_classnames_file(path):
+    """Reads an ImageNet `classnames.txt` (lines "n01440764 tench").
+
+    Returns:
+        dict from WordNet id to class name, in file order.
+    """
+    names = {}
+    with open(path) as f:
+        for line in f:
+            wnid, _, name = line.strip().partition(" ")
+            if wnid:
+                names[wnid] = name.strip()
+    return names
+
+
+def read_class_folders(image_dir, classnames=None):
+    """Reads one folder per class, the classes in sorted folder order.
+
+    Args:
+        image_dir: folder holding one subfolder of images per class.
+        classnames: optional dict from folder name to class name (as
+            ImageNet's WordNet ids to names); by default the folder names.
+
+    Returns:
+        `(classnames, items)`: class names in label order and the items,
+        class by class, files sorted by name.
+    """
+    folders = list_folders(image_dir)
+    if classnames is not None:
+        unknown = [f for f in folders if f not in classnames]
+        if unknown:
+            raise ValueError(
+                f"Folders of {image_dir!r} missing from the class names file: "
+                f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}."
+            )
+    items = []
+    for label, folder in enumerate(folders):
+        items += [Item(p, label) for p in list_images(os.path.join(image_dir, folder))]
+    names = [classnames[f] if classnames is not None else f for f in folders]
+    return names, items
+
+
+def read_index_folders(image_dir, classnames):
+    """Reads folders named by label index ("0".."999"), as ImageNet-V2 has them.
+
+    Args:
+        image_dir: folder of the label folders.
+        classnames: all class names, in label order.
+
+    Returns:
+        A list of `Item`, label by label.
+    """
+    items = []
+    for label in range(len(classnames)):
+        folder = os.path.join(image_dir, str(label))
+        if os.path.isdir(folder):
+            items += [Item(p, label) for p in list_images(folder)]
+    return items
+
+
+def split_per_class(items, train=0.5, val=0.2, seed=0):
+    """Splits items per class into train, val and test, shuffled by a seed.
+
+    As CoOp made its split files for datasets without official splits: each
+    class's images are shuffled and `round(n * train)` go to train,
+    `round(n * val)` to val, the rest to test.
+
+    Args:
+        items: list of `Item`, files of one class in sorted order.
+        train: fraction for train.
+        val: fraction for val.
+        seed: seed of the shuffle.
+
+    Returns:
+        dict from split name to a list of `Item`.
+    """
+    rng = random.Random(seed)
+    by_label = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    splits = {split: [] for split in SPLITS}
+    for label in sorted(by_label):
+        group = list(by_label[label])
+        rng.shuffle(group)
+        n_train, n_val = round(len(group) * train), round(len(group) * val)
+        splits["train"] += group[:n_train]
+        splits["val"] += group[n_train : n_train + n_val]
+        splits["test"] += group[n_train + n_val :]
+    return splits
+
+
+# --- sources ------------------------------------------------------------------
+
+
+def benchmark_source(benchmark, data_root, classnames_file=None):
+    """Reads one of the paper's datasets from CoOp's folder layout.
+
+    Args:
+        benchmark: a `Benchmark`.
+        data_root: the folder that holds the dataset folders (CoOp's $DATA).
+        classnames_file: for the ImageNet domain-shift sets, the ImageNet
+            `classnames.txt` to use; by default the one in the dataset's
+            folder, else `<data_root>/imagenet/classnames.txt`.
+
+    Returns:
+        A `Source`.
+    """
+    folder = os.path.join(os.path.expanduser(os.fspath(data_root)), benchmark.folder)
+    missing = [p for p in benchmark.required_paths() if not os.path.exists(os.path.join(folder, p))]
+    if missing:
+        what = ", ".join(os.path.join(folder, p) for p in missing)
+        raise FileNotFoundError(
+            f"Dataset {benchmark.name!r} not found: expected {what}. Prepare the folder "
+            f"{benchmark.folder}/ as CoOp's DATASETS.md describes ({benchmark.docs}), "
+            f"and pass data_root= the folder that holds {benchmark.folder}/ (now {data_root!r})."
+        )
+    image_dir = os.path.normpath(os.path.join(folder, benchmark.image_dir))
+    layout = benchmark.layout
+    if layout == "split":
+        classnames, splits = read_split_file(os.path.join(folder, benchmark.split_file), image_dir)
+    elif layout == "aircraft":
+        classnames, splits = read_aircraft(folder, image_dir)
+    elif layout == "imagenet":
+        wnids = read_classnames_file(classnames_file or os.path.join(folder, "classnames.txt"))
+        classnames, train = read_class_folders(os.path.join(image_dir, "train"), wnids)
+        test_names, test = read_class_folders(os.path.join(image_dir, "val"), wnids)
+        if test_names != classnames:
+            raise ValueError(
+                f"{image_dir}/train and {image_dir}/val hold different class folders; "
+                "both need the same 1000 WordNet-id folders."
+            )
+        # As CoOp: ImageNet's validation set is the test set, and also serves as val.
+        splits = {"train": train, "val": test, "test": test}
+    else:
+        wnids = read_classnames_file(
+            _imagenet_classnames_file(benchmark, folder, data_root, classnames_file)
+        )
+        if layout == "wnid_folders":
+            classnames, test = read_class_folders(image_dir, wnids)
+        else:
+            classnames = list(wnids.values())
+            test = read_index_folders(image_dir, classnames)
+        splits = {"test": test}
+    return Source(benchmark.name, classnames, splits, benchmark.template, image_dir)
+
+
+def _imagenet_classnames_file(benchmark, folder, data_root, classnames_file):
+    candidates = [classnames_file] if classnames_file else [
+        os.path.join(folder, "classnames.txt"),
+        os.path.join(os.fspath(data_root), "imagenet", "classnames.txt"),
+    ]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"{benchmark.name!r} needs ImageNet's class names file, not found at "
+        f"{' or '.join(candidates)}. Download classnames.txt as CoOp's DATASETS.md "
+        f"describes ({benchmark.docs}), or pass classnames_file=."
+    )
+
+
+def folder_source(path, split_file=None):
+    """Reads a folder of one subfolder of images per class.
+
+    The classes are the subfolders in sorted order, named by their folder
+    names. The splits come from, in this order of preference:
+
+    - `split_file`: a CoOp-format split JSON, paths relative to `path`;
+    - subfolders `train/` and `test/` (and optionally `val/`), each holding
+      one subfolder per class (the classes are those of `train/`);
+    - otherwise each class's images are split 50% train, 20% val, 30% test
+      after a shuffle with a fixed seed (as CoOp split datasets that have
+      no official split).
+
+    Args:
+        path: the folder.
+        split_file: optional split file.
+
+    Returns:
+        A `Source`.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    name = os.path.basename(path)
+    if split_file is not None:
+        classnames, splits = read_split_file(split_file, path)
+    elif os.path.isdir(os.path.join(path, "train")) and (
+        os.path.isdir(os.path.join(path, "test")) or os.path.isdir(os.path.join(path, "val"))
+    ):
+        classnames, train = read_class_folders(os.path.join(path, "train"))
+        labels = {n: label for label, n in enumerate(classnames)}
+        splits = {"train": train}
+        for split in ("val", "test"):
+            if os.path.isdir(os.path.join(path, split)):
+                splits[split] = _relabel_folder_split(os.path.join(path, split), labels)
+    else:
+        classnames, items = read_class_folders(path)
+        splits = split_per_class(items)
+    if not classnames:
+        raise ValueError(
+            f"{path!r} holds no class folders: expected one subfolder of images per class "
+            "(e.g. cat/1.jpg, dog/2.jpg), or pass split_file=."
+        )
+    return Source(name, classnames, splits, DEFAULT_TEMPLATE, path)
+
+
+def _relabel_folder_split(folder, labels):
+    names, items = read_class_folders(folder)
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise ValueError(f"Class folders in {folder!r} that train/ lacks: {unknown}.")
+    return [Item(i.path, labels[names[i.label]]) for i in items]

@@ -1,0 +1,219 @@
+"""Dataset sources: CoOp's folder layouts, image folders, and their errors."""
+
+import collections
+import json
+import os
+
+import pytest
+from test_data_helpers import WNIDS
+from test_data_helpers import write_class_folders
+from test_data_helpers import write_classnames
+from test_data_helpers import write_image
+from test_data_helpers import write_split_layout
+
+from cocoop_tf.data import load_dataset
+
+COUNTS = [(3, 2, 2), (4, 1, 3), (2, 2, 1)]
+
+# name: (folder, image folder, split file, class names, relative path, template)
+SPLIT_LAYOUTS = {
+    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
+                   ["face", "leopard", "accordion"],
+                   lambda n, s, i: f"{n}/image_{s}{i:04d}.jpg", "a photo of a {}."),
+    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json",
+                    ["abyssinian", "american_bulldog", "bengal"],
+                    lambda n, s, i: f"{n}_{s}{i}.jpg", "a photo of a {}, a type of pet."),
+    "stanford_cars": ("stanford_cars", ".", "split_zhou_StanfordCars.json",
+                      ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
+                      lambda n, s, i: f"cars_{'test' if s == 'test' else 'train'}/{n[:4]}{s}{i:05d}.jpg",
+                      "a photo of a {}."),
+    "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+                       ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
+                       lambda n, s, i: f"image_{n[:3]}{s}{i:05d}.jpg",
+                       "a photo of a {}, a type of flower."),
+    "food101": ("food-101", "images", "split_zhou_Food101.json",
+                ["apple_pie", "baby_back_ribs", "baklava"],
+                lambda n, s, i: f"{n}/{s}{i}.jpg", "a photo of {}, a type of food."),
+    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json",
+               ["abbey", "indoor badminton_court", "shop bakery"],
+               lambda n, s, i: f"{n[0]}/{'/'.join(n.split()[::-1])}/sun_{s}{i}.jpg",
+               "a photo of a {}."),
+    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json",
+            ["banded", "blotchy", "braided"],
+            lambda n, s, i: f"{n}/{n}_{s}{i:04d}.jpg", "{} texture."),
+    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json",
+                ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land"],
+                lambda n, s, i: f"{n.replace(' ', '')}/{s}_{i}.jpg",
+                "a centered satellite photo of {}."),
+    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
+               ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery"],
+               lambda n, s, i: f"{n}/v_{n.replace('_', '')}_g0{i}_c01_{s}.jpg",
+               "a photo of a person doing {}."),
+}
+
+
+def per_class(items):
+    return dict(sorted(collections.Counter(item.label for item in items).items()))
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_LAYOUTS))
+def test_split_file_layouts(tmp_path, name):
+    folder, image_dir, split_file, classnames, relpath, template = SPLIT_LAYOUTS[name]
+    split = write_split_layout(
+        tmp_path / folder, image_dir, split_file, list(zip(classnames, COUNTS)), relpath
+    )
+    ds = load_dataset(name, data_root=tmp_path)
+    assert ds.classnames == classnames
+    assert ds.template == template
+    for part, column in zip(("train", "val", "test"), range(3)):
+        items = ds.items(part)
+        assert per_class(items) == {label: c[column] for label, c in enumerate(COUNTS)}
+        expected = [os.path.normpath(tmp_path / folder / image_dir / rel) for rel, _, _ in split[part]]
+        assert [item.path for item in items] == expected
+        assert all(os.path.isfile(item.path) for item in items)
+
+
+def test_coop_names_and_env_root(tmp_path, monkeypatch):
+    folder, image_dir, split_file, classnames, relpath, _ = SPLIT_LAYOUTS["oxford_pets"]
+    write_split_layout(tmp_path / folder, image_dir, split_file, list(zip(classnames, COUNTS)), relpath)
+    monkeypatch.setenv("COCOOP_TF_DATA", str(tmp_path))
+    assert load_dataset("OxfordPets").classnames == classnames
+
+
+def test_fgvc_aircraft_variant_files(tmp_path):
+    folder = tmp_path / "fgvc_aircraft"
+    variants = ["707-320", "A300B4", "F/A-18"]
+    (folder / "images").mkdir(parents=True)
+    (folder / "variants.txt").write_text("\n".join(variants) + "\n")
+    # Lines are ordered by image id, not grouped by variant, as in the real files.
+    lines = {
+        "train": ["1025794 A300B4", "1340192 707-320", "1400000 F/A-18", "1500000 A300B4"],
+        "val": ["0034309 F/A-18", "0062432 707-320"],
+        "test": ["2000001 707-320", "2000002 707-320", "2000003 F/A-18"],
+    }
+    for split, rows in lines.items():
+        (folder / f"images_variant_{split}.txt").write_text("\n".join(rows) + "\n")
+        for row in rows:
+            write_image(folder / "images" / f"{row.split()[0]}.jpg")
+    ds = load_dataset("fgvc_aircraft", data_root=tmp_path)
+    assert ds.classnames == variants
+    assert ds.template == "a photo of a {}, a type of aircraft."
+    assert [(os.path.basename(i.path), i.label) for i in ds.train] == [
+        ("1025794.jpg", 1), ("1340192.jpg", 0), ("1400000.jpg", 2), ("1500000.jpg", 1)
+    ]
+    assert per_class(ds.val) == {0: 1, 2: 1} and per_class(ds.test) == {0: 2, 2: 1}
+
+
+def test_imagenet_folders_and_classnames(tmp_path):
+    folder = tmp_path / "imagenet"
+    write_classnames(folder / "classnames.txt")
+    wnids = ["n01484850", "n01440764", "n01443537"]
+    write_class_folders(folder / "images" / "train", {w: 3 for w in wnids}, ext=".JPEG")
+    write_class_folders(folder / "images" / "val", {w: 2 for w in wnids}, ext=".JPEG")
+    ds = load_dataset("imagenet", data_root=tmp_path)
+    assert ds.classnames == ["tench", "goldfish", "great white shark"]  # sorted WordNet ids
+    assert per_class(ds.train) == {0: 3, 1: 3, 2: 3}
+    assert per_class(ds.test) == {0: 2, 1: 2, 2: 2}
+    assert ds.val == ds.test  # as CoOp: ImageNet's val set is the test set
+    assert os.path.dirname(ds.train[0].path).endswith(os.path.join("train", "n01440764"))
+
+
+def test_imagenet_domain_shift_sets(tmp_path):
+    write_classnames(tmp_path / "imagenet" / "classnames.txt")
+    # ImageNet-V2: folders named by label index; its own copy of classnames.txt.
+    v2 = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
+    write_class_folders(v2, {"0": 2, "1": 1, "4": 3}, ext=".jpeg")
+    write_classnames(tmp_path / "imagenetv2" / "classnames.txt")
+    ds = load_dataset("imagenetv2", data_root=tmp_path)
+    assert ds.classnames == list(WNIDS.values())
+    assert per_class(ds.test) == {0: 2, 1: 1, 4: 3} and ds.train == [] and ds.val == []
+
+    # ImageNet-Sketch: all classes; classnames.txt only in imagenet/ (fallback).
+    write_class_folders(tmp_path / "imagenet-sketch" / "images", {w: 1 for w in WNIDS}, ".JPEG")
+    ds = load_dataset("imagenet_sketch", data_root=tmp_path)
+    assert ds.classnames == list(WNIDS.values()) and len(ds.test) == 5
+
+    # ImageNet-A / -R: only the classes present (200 in the real sets), sorted ids.
+    for name, folder, sub, present in [
+        ("imagenet_a", "imagenet-adversarial", "imagenet-a", ["n01494475", "n01443537"]),
+        ("imagenet_r", "imagenet-rendition", "imagenet-r", ["n01491361", "n01440764", "n01484850"]),
+    ]:
+        write_class_folders(tmp_path / folder / sub, {w: 2 for w in present})
+        (tmp_path / folder / sub / "README.txt").write_text("not a class")
+        write_classnames(tmp_path / folder / "classnames.txt")
+        ds = load_dataset(name, data_root=tmp_path)
+        assert ds.classnames == [WNIDS[w] for w in sorted(present)]
+        assert per_class(ds.test) == {i: 2 for i in range(len(present))}
+        assert ds.template == "a photo of a {}."
+
+
+def test_missing_dataset_folder_says_what_and_where(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset("oxford_pets", data_root=tmp_path)
+    message = str(error.value)
+    assert os.path.join(str(tmp_path), "oxford_pets", "images") in message
+    assert "split_zhou_OxfordPets.json" in message
+    assert "DATASETS.md#oxfordpets" in message and "data_root" in message
+    with pytest.raises(FileNotFoundError, match="images_variant_train.txt"):
+        load_dataset("fgvc_aircraft", data_root=tmp_path)
+
+
+def test_missing_imagenet_classnames_file(tmp_path):
+    write_class_folders(tmp_path / "imagenet-sketch" / "images", {"n01440764": 1})
+    with pytest.raises(FileNotFoundError, match="classnames.txt.*DATASETS.md"):
+        load_dataset("imagenet_sketch", data_root=tmp_path)
+
+
+def test_missing_data_root(monkeypatch):
+    monkeypatch.delenv("COCOOP_TF_DATA", raising=False)
+    with pytest.raises(ValueError, match="needs data_root=.*COCOOP_TF_DATA"):
+        load_dataset("dtd")
+
+
+def test_unknown_name_lists_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="Unknown dataset 'oxford_petz'.*oxford_pets.*tfds:"):
+        load_dataset("oxford_petz")
+    with pytest.raises(FileNotFoundError, match="No folder"):
+        load_dataset("./no/such/folder")
+
+
+def test_malformed_split_file(tmp_path):
+    folder = tmp_path / "dtd"
+    (folder / "images").mkdir(parents=True)
+    (folder / "split_zhou_DescribableTextures.json").write_text(json.dumps({"train": [["a.jpg", 0]]}))
+    with pytest.raises(ValueError, match=r"not \[relative path, label, class name\]"):
+        load_dataset("dtd", data_root=tmp_path)
+
+
+def test_image_folder_split_per_class(tmp_path):
+    root = tmp_path / "my_pets"
+    write_class_folders(root, {"dog": 10, "cat": 3, "ant": 5})
+    (root / "dog" / "notes.txt").write_text("not an image")
+    write_image(root / "dog" / ".hidden.jpg")
+    ds = load_dataset(root)
+    assert ds.name == "my_pets" and ds.classnames == ["ant", "cat", "dog"]
+    assert ds.template == "a photo of a {}."
+    # 50% / 20% / 30% per class, rounded as CoOp (half to even).
+    assert per_class(ds.train) == {0: 2, 1: 2, 2: 5}
+    assert per_class(ds.val) == {0: 1, 1: 1, 2: 2}
+    assert per_class(ds.test) == {0: 2, 2: 3}
+    all_paths = [i.path for split in (ds.train, ds.val, ds.test) for i in split]
+    assert len(set(all_paths)) == 18 and not any(p.endswith((".txt", ".hidden.jpg")) for p in all_paths)
+    assert load_dataset(str(root)).train == ds.train  # the same split every time
+    assert load_dataset("my_pets", data_root=tmp_path).test == ds.test
+
+
+def test_image_folder_with_split_folders_and_split_file(tmp_path):
+    root = tmp_path / "custom"
+    write_class_folders(root / "train", {"b": 2, "a": 3})
+    write_class_folders(root / "test", {"b": 1})
+    ds = load_dataset(root)
+    assert ds.classnames == ["a", "b"]
+    assert per_class(ds.train) == {0: 3, 1: 2} and per_class(ds.test) == {1: 1} and ds.val == []
+
+    split = {"train": [["train/b/000.jpg", 0, "bee"]], "val": [], "test": [["test/b/000.jpg", 0, "bee"]]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    ds = load_dataset(root, split_file=tmp_path / "split.json")
+    assert ds.classnames == ["bee"]
+    assert ds.train[0].path == os.path.join(str(root), "train/b/000.jpg")
