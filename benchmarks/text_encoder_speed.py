@@ -32,11 +32,15 @@ WORDS = (
 
 
 def classnames(count, seed=0):
-    """Class names of 1 to 3 everyday words, like most benchmark datasets'."""
+    """Distinct class names of 1 to 3 everyday words, like most benchmark datasets'."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, rng.integers(1, 4))) + f" {i}" for i in range(count)]
+    names = {}
+    while len(names) < count:
+        name = " ".join(rng.choice(WORDS, rng.integers(1, 4)))
+        names.setdefault(name, None)
+    return list(names)
 
 
 def _setup(threads):

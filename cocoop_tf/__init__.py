@@ -5,6 +5,7 @@ All models take RGB images as pixel values 0..255, shape
 inside the graph.
 """
 
+from cocoop_tf import export
 from cocoop_tf.clip import load_clip
 from cocoop_tf.clip import tokenize
 from cocoop_tf.clip import tokenize_classnames

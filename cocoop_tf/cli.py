@@ -63,6 +63,64 @@ def run_zeroshot(args):
     return 0
 
 
+def _add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model for TF Serving or TFLite",
+        description="Writes a SavedModel in TF Serving's layout (OUTPUT/VERSION/) or a "
+        ".tflite file. Both take images and tokenised class names, so the served "
+        "model answers for any class set; see export/README.md for the contract.",
+    )
+    parser.add_argument(
+        "--model", required=True,
+        help="a .keras file (model.save) or a .safetensors prompt checkpoint "
+        "(model.save_prompt, with --backbone)",
+    )
+    parser.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    parser.add_argument(
+        "--output", required=True,
+        help="saved_model: the model's base folder (TF Serving's base_path); "
+        "tflite: the .tflite file",
+    )
+    parser.add_argument("--version", type=int, default=1, help="saved_model version folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--quantize", choices=["dynamic", "float16"],
+        help="tflite only: dynamic-range (int8 weights) or float16 weights",
+    )
+    parser.add_argument(
+        "--backbone", help="prompt checkpoints: the CLIP source it was trained on (see zeroshot)"
+    )
+    parser.add_argument(
+        "--method", choices=["cocoop", "coop"],
+        help="prompt checkpoints: the method (default: the one recorded in the file)",
+    )
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args):
+    from cocoop_tf.export import export_saved_model
+    from cocoop_tf.export import export_tflite
+    from cocoop_tf.export import load_model
+    from cocoop_tf.export import model_info
+
+    if args.quantize and args.format != "tflite":
+        raise ValueError("--quantize applies to --format tflite only.")
+    model = load_model(args.model, backbone=args.backbone, method=args.method)
+    if args.format == "saved_model":
+        path = export_saved_model(model, args.output, args.version, overwrite=args.overwrite)
+    else:
+        path = export_tflite(model, args.output, quantize=args.quantize)
+    info = model_info(model)
+    size = info["image_size"]
+    print(f"Exported {info['method']} to {path}")
+    print(f"  inputs:  images float32 [B, {size}, {size}, 3] (RGB 0..255), token_ids int32 [C, L]")
+    print(f"  token_ids rows: tokens of {info['prompt']!r} per class name, [{info['start_token_id']}] "
+          f"... [{info['end_token_id']}] 0..., L <= {info['context_length']}")
+    print("  outputs: logits, probabilities [B, C]")
+    return 0
+
+
 def _read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
@@ -75,6 +133,7 @@ def build_parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_zeroshot(subparsers)
+    _add_export(subparsers)
     return parser
 
 

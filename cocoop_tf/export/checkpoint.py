@@ -1,0 +1,55 @@
+"""Loading the model to export from what training leaves behind."""
+
+import os
+
+import keras
+
+from cocoop_tf.clip.loader import load_clip
+from cocoop_tf.models.cocoop import CoCoOp
+from cocoop_tf.models.coop import CoOp
+from cocoop_tf.models.prompt_learning import read_prompt
+
+METHODS = {"cocoop": CoCoOp, "coop": CoOp}
+
+
+def load_model(path, backbone=None, method=None):
+    """Loads a trained model from a `.keras` file or a prompt checkpoint.
+
+    Args:
+        path: a `.keras` file written by `model.save` (it holds the backbone
+            too), or a `.safetensors` prompt checkpoint written by
+            `model.save_prompt` (the learned weights only).
+        backbone: for a prompt checkpoint, the `cocoop_tf.load_clip` source
+            of the backbone it was trained on.
+        method: for a prompt checkpoint, `"cocoop"` or `"coop"`; default the
+            method recorded in the checkpoint.
+
+    Returns:
+        The model, with the classes it was trained on.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model checkpoint not found: {path!r}.")
+    if path.endswith(".keras"):
+        if backbone is not None or method is not None:
+            raise ValueError(
+                "A .keras file holds its backbone and method; --backbone and "
+                "--method apply to prompt checkpoints (.safetensors) only."
+            )
+        return keras.saving.load_model(path)
+    if path.endswith(".safetensors"):
+        if backbone is None:
+            raise ValueError(
+                f"{path!r} is a prompt checkpoint: it holds only the learned prompt. "
+                "Give the backbone it was trained on (--backbone, a load_clip source)."
+            )
+        if method is None:
+            recorded = read_prompt(path)[1].get("method", "")
+            method = recorded.lower()
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; expected one of {sorted(METHODS)}.")
+        return METHODS[method].from_prompt(load_clip(backbone), path)
+    raise ValueError(
+        f"Cannot load {path!r}: expected a .keras file (model.save) or a "
+        ".safetensors prompt checkpoint (model.save_prompt)."
+    )

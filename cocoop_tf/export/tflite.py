@@ -1,0 +1,52 @@
+"""TFLite models for the LiteRT interpreter: builtin ops only, dynamic batch and classes."""
+
+import os
+import tempfile
+
+import tensorflow as tf
+
+from cocoop_tf.export.saved_model import write_saved_model
+
+QUANTIZATIONS = (None, "dynamic", "float16")
+
+
+def export_tflite(model, path, quantize=None):
+    """Converts `model` to a TFLite flatbuffer with the SavedModel's signatures.
+
+    The signatures (`serving_default`, `image_features`, and for CoOp and
+    zero-shot models `text_features` and `classify_features`) keep the
+    SavedModel's input and output names; run them with the LiteRT
+    interpreter's `get_signature_runner(name)`, which resizes the inputs, so
+    the batch B, the number of classes C and the id length L may change
+    from call to call. Only TFLite builtin ops are used (no Flex delegate).
+    `images` is declared `[-1, -1, -1, -1]` so that the graph checks its real
+    shape (`[B, S, S, 3]`) at run time; bad inputs stop the interpreter with
+    "gather index out of bounds" (TFLite has no assertion messages).
+
+    Args:
+        model: a trained `CoCoOp`, `CoOp` or single-template `ZeroShotCLIP`.
+        path: the `.tflite` file to write.
+        quantize: None for float32; `"dynamic"` for dynamic-range
+            quantisation (int8 weights, about 4x smaller); `"float16"` for
+            float16 weights (2x smaller, computed in float32 on CPU).
+
+    Returns:
+        The path written.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        signature_keys = write_saved_model(model, saved_model_dir, dynamic_image_shape=True)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved_model_dir, signature_keys=signature_keys
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
+    path = os.fspath(path)
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path

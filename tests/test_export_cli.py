@@ -1,0 +1,66 @@
+"""`cocoop-tf export`, run as users run it."""
+
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cocoop_tf
+from cocoop_tf.export import serving_token_ids
+from conftest import max_relative_difference
+
+
+def _export(*args):
+    return subprocess.run(["cocoop-tf", "export", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return cocoop_tf.load_clip("random_tiny")
+
+
+def test_prompt_checkpoint_to_saved_model(tmp_path, clip):
+    model = cocoop_tf.CoOp(clip, ["red", "green"])
+    model.prompt_learner.set_context(np.random.default_rng(0).normal(0, 0.02, (4, 64)))
+    model.save_prompt(tmp_path / "prompt.safetensors")
+    result = _export(
+        "--model", str(tmp_path / "prompt.safetensors"), "--backbone", "random_tiny",
+        "--format", "saved_model", "--output", str(tmp_path / "serving"), "--version", "7",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Exported CoOp to {tmp_path / 'serving' / '7'}" in result.stdout
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    token_ids = serving_token_ids(model, ["a blue fish", "sky"])
+    served = tf.saved_model.load(str(tmp_path / "serving" / "7")).signatures["serving_default"]
+    logits = served(images=images, token_ids=token_ids)["logits"]
+    assert max_relative_difference(logits, model.classify(images, token_ids)) <= 1e-4
+
+
+def test_keras_file_to_quantized_tflite(tmp_path, clip):
+    import ai_edge_litert.interpreter as litert
+    model = cocoop_tf.CoCoOp(clip, ["red", "green"])
+    model(np.zeros((1, 32, 32, 3), np.float32))  # built, as after training
+    model.save(tmp_path / "model.keras")
+    output = tmp_path / "model.tflite"
+    result = _export(
+        "--model", str(tmp_path / "model.keras"), "--format", "tflite", "--output", str(output),
+        "--quantize", "float16",
+    )
+    assert result.returncode == 0, result.stderr
+    images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    token_ids = serving_token_ids(model, ["cat", "dog", "owl", "fox"])
+    runner = litert.Interpreter(model_path=str(output)).get_signature_runner("serving_default")
+    logits = runner(images=images, token_ids=token_ids)["logits"]
+    assert max_relative_difference(logits, model.classify(images, token_ids)) <= 1e-2
+
+
+def test_prompt_checkpoint_without_backbone_is_a_one_line_error(tmp_path, clip):
+    cocoop_tf.CoCoOp(clip, ["red"]).save_prompt(tmp_path / "prompt.safetensors")
+    result = _export(
+        "--model", str(tmp_path / "prompt.safetensors"), "--format", "tflite",
+        "--output", str(tmp_path / "m.tflite"),
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "--backbone" in result.stderr
+    assert "Traceback" not in result.stderr
