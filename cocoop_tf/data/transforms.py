@@ -25,7 +25,7 @@ def load_image(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
     data = tf.io.read_file(path)
     try:
-        return tf.io.decode_image(data, channels=3, expand_animations=False)
+        return decode_image(data)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         # Keep TensorFlow's reason, without its op and device decorations.
         reason = error.message.split("}}")[-1].split("[Op:")[0].strip()

@@ -48,7 +48,10 @@ class CLIPClassifier(keras.Model):
         """
         self.token_ids = self.tokenize_classnames(classnames)
         self.classnames = clean_classnames(classnames)
-        # Traced functions hold the old token ids as constants.
+        self._forget_traced_functions()
+
+    def _forget_traced_functions(self):
+        # Traced functions hold the class set's token ids (or features) as constants.
         self.train_function = self.test_function = self.predict_function = None
 
     def call(self, images):

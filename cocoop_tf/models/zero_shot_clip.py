@@ -125,7 +125,7 @@ class ZeroShotCLIP(CLIPClassifier):
         # Loading weights changes the backbone: class features must be recomputed.
         super().load_own_variables(store)
         self._text_features = None
-        self.train_function = self.test_function = self.predict_function = None
+        self._forget_traced_functions()
 
     def get_config(self):
         config = super().get_config()
