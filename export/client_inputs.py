@@ -61,3 +61,34 @@ def load_images(paths, size):
             top = round((resized[1] - size) / 2)
             images.append(np.asarray(image.crop((left, top, left + size, top + size)), np.float32))
     return np.stack(images)
+
+
+def run_client(predict, default_server, argv=None):
+    """The command line both example clients share: classify images, print the top 5.
+
+    Args:
+        predict: `predict(server, model_name, inputs) -> {output name: array}`.
+        default_server: the server address used when `--server` is not given.
+        argv: command-line arguments (default: `sys.argv`).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Classify images with a served model.")
+    parser.add_argument("--server", default=default_server)
+    parser.add_argument("--model", default="cocoop", help="model name in models.config")
+    parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--classnames", nargs="+", required=True)
+    parser.add_argument("--image-size", type=int, default=224, help="the model's resolution")
+    parser.add_argument("--prompt", default="{}.", help="zero-shot exports: their template")
+    args = parser.parse_args(argv)
+    outputs = predict(
+        args.server,
+        args.model,
+        {
+            "images": load_images(args.images, args.image_size),
+            "token_ids": tokenize_classnames(args.classnames, args.prompt),
+        },
+    )
+    for path, probabilities in zip(args.images, outputs["probabilities"]):
+        best = np.argsort(-probabilities)[:5]
+        print(path, ", ".join(f"{args.classnames[i]} {probabilities[i]:.3f}" for i in best))

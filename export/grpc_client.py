@@ -6,16 +6,12 @@ Needs `tensorflow-serving-api` (which brings TensorFlow and grpcio) and the
 inputs of client_inputs.py.
 """
 
-import argparse
-
 import grpc
-import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from client_inputs import load_images
-from client_inputs import tokenize_classnames
+from client_inputs import run_client
 
 # Batches of 224x224 images pass gRPC's default 4 MB message limit quickly.
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -49,25 +45,7 @@ def predict(target, model, inputs, signature="serving_default", timeout=60):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="localhost:8500")
-    parser.add_argument("--model", default="cocoop", help="model name in models.config")
-    parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--classnames", nargs="+", required=True)
-    parser.add_argument("--image-size", type=int, default=224, help="the model's resolution")
-    parser.add_argument("--prompt", default="{}.", help="zero-shot exports: their template")
-    args = parser.parse_args(argv)
-    outputs = predict(
-        args.server,
-        args.model,
-        {
-            "images": load_images(args.images, args.image_size),
-            "token_ids": tokenize_classnames(args.classnames, args.prompt),
-        },
-    )
-    for path, probabilities in zip(args.images, outputs["probabilities"]):
-        best = np.argsort(-probabilities)[:5]
-        print(path, ", ".join(f"{args.classnames[i]} {probabilities[i]:.3f}" for i in best))
+    run_client(predict, "localhost:8500", argv)
 
 
 if __name__ == "__main__":

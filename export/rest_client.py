@@ -6,15 +6,13 @@ Needs `numpy`, `instant-clip-tokenizer` and `pillow` (see client_inputs.py);
 no TensorFlow.
 """
 
-import argparse
 import json
 import urllib.error
 import urllib.request
 
 import numpy as np
 
-from client_inputs import load_images
-from client_inputs import tokenize_classnames
+from client_inputs import run_client
 
 
 def predict(server, model, inputs, signature="serving_default", timeout=60):
@@ -53,25 +51,7 @@ def predict(server, model, inputs, signature="serving_default", timeout=60):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="http://localhost:8501")
-    parser.add_argument("--model", default="cocoop", help="model name in models.config")
-    parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--classnames", nargs="+", required=True)
-    parser.add_argument("--image-size", type=int, default=224, help="the model's resolution")
-    parser.add_argument("--prompt", default="{}.", help="zero-shot exports: their template")
-    args = parser.parse_args(argv)
-    outputs = predict(
-        args.server,
-        args.model,
-        {
-            "images": load_images(args.images, args.image_size),
-            "token_ids": tokenize_classnames(args.classnames, args.prompt),
-        },
-    )
-    for path, probabilities in zip(args.images, outputs["probabilities"]):
-        best = np.argsort(-probabilities)[:5]
-        print(path, ", ".join(f"{args.classnames[i]} {probabilities[i]:.3f}" for i in best))
+    run_client(predict, "http://localhost:8501", argv)
 
 
 if __name__ == "__main__":
