@@ -121,6 +121,197 @@ def run_export(args):
     return 0
 
 
+# --- protocols -------------------------------------------------------------------
+
+CROSS_DATASET_TARGETS = [
+    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+]
+DOMAIN_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+
+
+def _add_run_options(parser, methods_default=None):
+    """Flags shared by the protocol commands; every default is the paper's (RunConfig)."""
+    parser.add_argument("--output", required=True, help="folder for checkpoints, logs and results")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output")
+    parser.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
+    parser.add_argument("--backbone", help="CLIP source (see zeroshot --help)")
+    parser.add_argument("--data-root", help="folder holding the datasets (CoOp's $DATA)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=["zeroshot", "coop", "cocoop"],
+        help=f"methods to run (default: {' '.join(methods_default or ['zeroshot', 'coop', 'cocoop'])})",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3)")
+    parser.add_argument("--shots", type=int, help="training images per class (default: 16)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: 10)")
+    parser.add_argument("--batch-size", type=int, help="global training batch size (default: 1)")
+    parser.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 100)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
+    parser.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    parser.add_argument("--weight-decay", type=float, help="L2 coefficient (default: 5e-4)")
+    parser.add_argument("--warmup-epochs", type=int, help="constant warm-up epochs (default: 1)")
+    parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
+    parser.add_argument("--n-ctx", type=int, help="context vectors (default: ctx-init's words, 4)")
+    parser.add_argument(
+        "--ctx-init", help='initial context words (default: "a photo of a"; "none": random)'
+    )
+    parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
+    parser.add_argument(
+        "--class-specific", action="store_true", default=None,
+        help="CoOp with one context per class (train/evaluate on the same classes only)",
+    )
+    parser.add_argument("--templates", nargs="+", help="zero-shot templates (default: the dataset's)")
+    parser.add_argument("--image-size", type=int, help="input side (default: the backbone's)")
+    parser.add_argument(
+        "--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+        help="compute precision (default: float32)",
+    )
+    parser.add_argument(
+        "--strategy", choices=["mirrored", "multi_worker", "tpu"],
+        help="tf.distribute strategy; the global batch is split across replicas",
+    )
+    parser.add_argument("--tpu", help="TPU name or address for --strategy tpu")
+    parser.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic TF ops"
+    )
+    parser.add_argument(
+        "--jit-compile", action="store_true", default=None, help="compile steps with XLA"
+    )
+    if methods_default:
+        parser.set_defaults(methods_default=methods_default)
+
+
+_PROTOCOL_FLAGS = {"output", "resume", "config", "command", "run", "methods_default",
+                   "dataset", "source", "targets", "subset", "prompts", "default_targets"}
+
+
+def _config(args, extra_keys=()):
+    from cocoop_tf.protocols import make_config
+    from cocoop_tf.protocols import read_config_file
+
+    file_values = read_config_file(args.config) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k not in _PROTOCOL_FLAGS}
+    if getattr(args, "methods_default", None) and "methods" not in file_values:
+        overrides["methods"] = overrides.get("methods") or args.methods_default
+    config, extra = make_config(file_values, overrides, known_extra=extra_keys)
+    for key in extra_keys:
+        if getattr(args, key, None) is not None:
+            extra[key] = getattr(args, key)
+    return config, extra
+
+
+def _required(extra, key, flag):
+    if extra.get(key) is None:
+        raise ValueError(f"Give {flag} (or '{key}' in the config file).")
+    return extra[key]
+
+
+def _add_base2new(subparsers):
+    parser = subparsers.add_parser(
+        "base2new",
+        help="base-to-new generalisation (the paper's Table 1)",
+        description="Trains on the first half of the classes (16 shots per class by "
+        "default) and evaluates on the base and the new classes' test images; "
+        "reports Base, New and H per method, averaged over seeds.",
+    )
+    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
+    _add_run_options(parser)
+    parser.set_defaults(run=run_base2new)
+
+
+def run_base2new(args):
+    from cocoop_tf.protocols import run_protocol
+
+    config, extra = _config(args, ("dataset",))
+    dataset = _required(extra, "dataset", "--dataset")
+    run_protocol(
+        "base2new", config, args.output, source=dataset, subset="base",
+        evaluations=[(dataset, "base"), (dataset, "new")], resume=args.resume,
+    )
+    return 0
+
+
+def _add_transfer(subparsers, protocol, help, default_targets):
+    parser = subparsers.add_parser(
+        protocol, help=help,
+        description=f"{help[0].upper()}{help[1:]}: trains on all classes of the source "
+        "dataset and evaluates on its test split and on each target dataset.",
+    )
+    parser.add_argument("--source", help="training dataset (default: imagenet)")
+    parser.add_argument(
+        "--targets", nargs="+", help=f"evaluation datasets (default: {' '.join(default_targets)})"
+    )
+    _add_run_options(parser, methods_default=["coop", "cocoop"] if protocol == "cross-dataset" else None)
+    parser.set_defaults(run=run_transfer, default_targets=default_targets)
+
+
+def run_transfer(args):
+    from cocoop_tf.protocols import run_protocol
+
+    config, extra = _config(args, ("source", "targets"))
+    source = extra.get("source") or "imagenet"
+    targets = extra.get("targets") or args.default_targets
+    run_protocol(
+        args.command, config, args.output, source=source, subset="all",
+        evaluations=[(source, "all")] + [(target, "all") for target in targets],
+        resume=args.resume,
+    )
+    return 0
+
+
+def _add_train(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="train CoOp/CoCoOp on a dataset and test on its classes",
+        description="Trains on the few-shot training split (all or base classes), writes "
+        "the prompt checkpoint runs/<method>_seed<seed>/prompt.safetensors, and reports "
+        "test accuracy on the same classes.",
+    )
+    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
+    parser.add_argument("--subset", choices=["all", "base"], help="classes to train on (default: all)")
+    _add_run_options(parser, methods_default=["cocoop"])
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args):
+    from cocoop_tf.protocols import run_protocol
+
+    config, extra = _config(args, ("dataset", "subset"))
+    dataset = _required(extra, "dataset", "--dataset")
+    subset = extra.get("subset") or "all"
+    run_protocol(
+        "train", config, args.output, source=dataset, subset=subset,
+        evaluations=[(dataset, subset)], resume=args.resume,
+    )
+    return 0
+
+
+def _add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="test prompt checkpoints (or zero-shot CLIP) on a dataset",
+        description="Evaluates prompt checkpoints written by train/base2new (--prompts), or "
+        "zero-shot CLIP without them, on the test split of a dataset's classes.",
+    )
+    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
+    parser.add_argument("--subset", choices=["all", "base", "new"], help="classes (default: all)")
+    parser.add_argument("--prompts", nargs="+", help="prompt checkpoints (.safetensors)")
+    _add_run_options(parser, methods_default=["zeroshot"])
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args):
+    from cocoop_tf.protocols import run_protocol
+
+    config, extra = _config(args, ("dataset", "subset"))
+    dataset = _required(extra, "dataset", "--dataset")
+    run_protocol(
+        "evaluate", config, args.output, evaluations=[(dataset, extra.get("subset") or "all")],
+        prompts=args.prompts or (), resume=args.resume,
+    )
+    return 0
+
+
 def _read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
@@ -134,6 +325,11 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_zeroshot(subparsers)
     _add_export(subparsers)
+    _add_base2new(subparsers)
+    _add_transfer(subparsers, "cross-dataset", "cross-dataset transfer (Table 2)", CROSS_DATASET_TARGETS)
+    _add_transfer(subparsers, "domain-generalization", "domain generalisation (Table 3)", DOMAIN_TARGETS)
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 
@@ -142,7 +338,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, RuntimeError, ImportError) as error:
+    except KeyboardInterrupt:
+        if getattr(args, "output", None) and hasattr(args, "resume"):
+            print("\nInterrupted; continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError) as error:
         # Our errors say what is wrong and how to fix it; a traceback adds nothing.
         print(f"cocoop-tf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,177 @@
+"""Run settings: the paper's defaults, a config file, and command-line overrides."""
+
+import dataclasses
+import json
+import os
+
+METHODS = ("zeroshot", "coop", "cocoop")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that decides a run's numbers; defaults are the paper's (ViT-B/16).
+
+    A config file (JSON or YAML) holds any of these keys; command-line flags
+    override it. `results.json` records the whole object.
+
+    Args:
+        backbone: CLIP source for `load_clip` (preset, folder, file, or a
+            built-in name such as "random_tiny").
+        methods: any of "zeroshot", "coop", "cocoop".
+        seeds: few-shot sampling and training seeds; results are averaged.
+        shots: training images per class.
+        epochs: training epochs; the last epoch's model is evaluated.
+        batch_size: global training batch size (split across replicas).
+        eval_batch_size: evaluation batch size.
+        lr: peak learning rate of SGD.
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient (added to the gradient, as PyTorch).
+        warmup_epochs: epochs at the constant warm-up learning rate.
+        warmup_lr: warm-up learning rate.
+        n_ctx: number of context vectors (must equal ctx_init's word count).
+        ctx_init: initial context words, or None for random N(0, 0.02).
+        reduction: CoCoOp's Meta-Net hidden width is projection_dim // reduction.
+        class_specific: CoOp with one context per class (cannot move to new
+            classes; base-to-new and transfer need it off).
+        precision: "float32", "mixed_float16" or "mixed_bfloat16".
+        image_size: input side; None: the backbone's.
+        templates: zero-shot prompt templates; None: the dataset's.
+        deterministic: deterministic TensorFlow ops (slower; bitwise repeatable).
+        jit_compile: compile training and evaluation steps with XLA.
+        strategy: None, "mirrored", "multi_worker" or "tpu".
+        tpu: TPU name or address for strategy "tpu" (None: the local TPU).
+        data_root: folder with the datasets (CoOp's $DATA).
+    """
+
+    backbone: str = None
+    methods: list = dataclasses.field(default_factory=lambda: list(METHODS))
+    seeds: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
+    shots: int = 16
+    epochs: int = 10
+    batch_size: int = 1
+    eval_batch_size: int = 100
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    reduction: int = 16
+    class_specific: bool = False
+    precision: str = "float32"
+    image_size: int = None
+    templates: list = None
+    deterministic: bool = False
+    jit_compile: bool = False
+    strategy: str = None
+    tpu: str = None
+    data_root: str = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raises ValueError naming the first setting that makes no sense."""
+        if not self.backbone:
+            raise ValueError("No backbone: pass --backbone (or 'backbone' in the config file).")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"Methods repeat: {self.methods}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"Give one or more distinct seeds, got {self.seeds}.")
+        for name in ("shots", "epochs", "batch_size", "eval_batch_size", "reduction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}."
+            )
+        if self.ctx_init:
+            words = len(self.ctx_init.split())
+            if self.n_ctx not in (None, words):
+                raise ValueError(
+                    f"ctx_init {self.ctx_init!r} has {words} words but n_ctx is {self.n_ctx}; "
+                    f"set n_ctx to {words}, or ctx_init to none for random context vectors."
+                )
+            self.n_ctx = words
+        elif not self.n_ctx or self.n_ctx < 1:
+            raise ValueError("Without ctx_init, give the number of context vectors n_ctx >= 1.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
+        if self.strategy not in (None, *STRATEGIES):
+            raise ValueError(f"Unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}.")
+        if self.templates is not None:
+            if isinstance(self.templates, str):
+                self.templates = [self.templates]
+            if any(t.count("{}") != 1 for t in self.templates):
+                raise ValueError(f"Each template needs exactly one '{{}}': {self.templates}.")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def differences(self, other):
+        """The settings, by name, whose values differ from `other` (a dict)."""
+        mine = self.to_dict()
+        return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+
+
+def read_config_file(path):
+    """Reads a JSON or YAML config file into a dict of `RunConfig` settings.
+
+    Keys may use dashes or underscores (`batch-size` or `batch_size`).
+
+    Args:
+        path: a `.json`, `.yaml` or `.yml` file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file not found: {path!r}.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as error:
+        raise ValueError(f"Config file {path!r} cannot be parsed: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of settings.")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def make_config(file_values=None, overrides=None, known_extra=()):
+    """Builds a `RunConfig` from defaults, a config file's values and overrides.
+
+    Args:
+        file_values: dict read by `read_config_file` (or None).
+        overrides: dict of settings given on the command line; None values
+            are ignored.
+        known_extra: further keys the caller reads itself (e.g. "dataset"),
+            accepted in the file and returned separately.
+
+    Returns:
+        `(config, extra)`: the `RunConfig` and a dict of the extra keys.
+    """
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {}
+    for source in (file_values or {}, overrides or {}):
+        for key, value in source.items():
+            if value is None and source is overrides:
+                continue
+            if key not in fields and key not in known_extra:
+                raise ValueError(
+                    f"Unknown setting {key!r}. Known settings: {', '.join(sorted(fields | set(known_extra)))}."
+                )
+            values[key] = value
+    extra = {key: values.pop(key) for key in list(values) if key in known_extra}
+    if values.get("ctx_init") in ("", "none", "None"):
+        values["ctx_init"] = None
+    return RunConfig(**values), extra

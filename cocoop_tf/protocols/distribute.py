@@ -1,0 +1,71 @@
+"""`tf.distribute` strategies for `--strategy`, and seeding."""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+
+def make_strategy(name, tpu=None):
+    """The `tf.distribute.Strategy` for a `--strategy` value.
+
+    Models built and compiled under `strategy.scope()` train with `fit` on
+    all replicas; Keras splits each global batch across them and sums the
+    replicas' gradients, so the numbers match one device with the same
+    global batch.
+
+    Args:
+        name: None (the default strategy: one device), "mirrored" (all local
+            GPUs, or CPU), "multi_worker" (MultiWorkerMirroredStrategy; the
+            cluster comes from the TF_CONFIG environment variable) or "tpu".
+        tpu: for "tpu", the TPU name or grpc address (None: the local TPU).
+    """
+    if name is None:
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--strategy multi_worker needs the cluster in the TF_CONFIG environment "
+                "variable on every worker, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
+                "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", "
+                "\"index\": 0}}'."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as error:
+            raise ValueError(
+                f"--strategy tpu found no TPU{' ' + repr(tpu) if tpu else ''}: {error}. "
+                "Run on a TPU VM, or pass --tpu NAME."
+            ) from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"Unknown strategy {name!r}; choose mirrored, multi_worker or tpu.")
+
+
+def is_chief():
+    """Whether this process writes files: always, except non-chief workers of a cluster."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = config.get("task", {})
+    if task.get("type") in (None, "chief"):
+        return True
+    has_chief = "chief" in config.get("cluster", {})
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not has_chief
+
+
+def set_seeds(seed, deterministic=False):
+    """Seeds Python, NumPy, TensorFlow and Keras; optionally deterministic TF ops.
+
+    Args:
+        seed: an integer.
+        deterministic: make TensorFlow's ops deterministic (slower), so
+            repeated runs agree bit for bit.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()

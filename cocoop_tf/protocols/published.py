@@ -1,0 +1,62 @@
+"""The CoCoOp paper's published numbers (ViT-B/16, mean of 3 seeds), in percent.
+
+Base-to-new from Table 1, cross-dataset transfer from Table 2, domain
+generalisation from Table 3 (Zhou et al., "Conditional Prompt Learning for
+Vision-Language Models", CVPR 2022). Keys are `load_dataset` names.
+"""
+
+# (base, new, H) per method.
+BASE_TO_NEW = {
+    "imagenet": {"zeroshot": (72.43, 68.14, 70.22), "coop": (76.47, 67.88, 71.92), "cocoop": (75.98, 70.43, 73.10)},
+    "caltech101": {"zeroshot": (96.84, 94.00, 95.40), "coop": (98.00, 89.81, 93.73), "cocoop": (97.96, 93.81, 95.84)},
+    "oxford_pets": {"zeroshot": (91.17, 97.26, 94.12), "coop": (93.67, 95.29, 94.47), "cocoop": (95.20, 97.69, 96.43)},
+    "stanford_cars": {"zeroshot": (63.37, 74.89, 68.65), "coop": (78.12, 60.40, 68.13), "cocoop": (70.49, 73.59, 72.01)},
+    "oxford_flowers": {"zeroshot": (72.08, 77.80, 74.83), "coop": (97.60, 59.67, 74.06), "cocoop": (94.87, 71.75, 81.71)},
+    "food101": {"zeroshot": (90.10, 91.22, 90.66), "coop": (88.33, 82.26, 85.19), "cocoop": (90.70, 91.29, 90.99)},
+    "fgvc_aircraft": {"zeroshot": (27.19, 36.29, 31.09), "coop": (40.44, 22.30, 28.75), "cocoop": (33.41, 23.71, 27.74)},
+    "sun397": {"zeroshot": (69.36, 75.35, 72.23), "coop": (80.60, 65.89, 72.51), "cocoop": (79.74, 76.86, 78.27)},
+    "dtd": {"zeroshot": (53.24, 59.90, 56.37), "coop": (79.44, 41.18, 54.24), "cocoop": (77.01, 56.00, 64.85)},
+    "eurosat": {"zeroshot": (56.48, 64.05, 60.03), "coop": (92.19, 54.74, 68.69), "cocoop": (87.49, 60.04, 71.21)},
+    "ucf101": {"zeroshot": (70.53, 77.50, 73.85), "coop": (84.69, 56.05, 67.46), "cocoop": (82.33, 73.45, 77.64)},
+}
+BASE_TO_NEW_AVERAGE = {
+    "zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83)
+}
+
+# Accuracy per evaluated dataset of the ImageNet-trained models (16 shots).
+_TRANSFER_TARGETS = (
+    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+)
+CROSS_DATASET = {
+    "coop": dict(zip(
+        ("imagenet", *_TRANSFER_TARGETS, "average"),
+        (71.51, 93.70, 89.14, 64.51, 68.71, 85.30, 18.47, 64.15, 41.92, 46.39, 66.55, 63.88),
+    )),
+    "cocoop": dict(zip(
+        ("imagenet", *_TRANSFER_TARGETS, "average"),
+        (71.02, 94.43, 90.14, 65.32, 71.88, 86.06, 22.94, 67.36, 45.73, 45.37, 68.21, 65.74),
+    )),
+}
+_DOMAINS = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+DOMAIN_GENERALIZATION = {
+    "zeroshot": dict(zip(_DOMAINS, (66.73, 60.83, 46.15, 47.77, 73.96))),
+    "coop": dict(zip(_DOMAINS, (71.51, 64.20, 47.99, 49.71, 75.21))),
+    "cocoop": dict(zip(_DOMAINS, (71.02, 64.07, 48.75, 50.63, 76.18))),
+}
+
+
+def published_base_to_new(dataset):
+    """`{method: {"base", "new", "h"}}` for one of the eleven datasets, else None."""
+    table = BASE_TO_NEW.get(dataset)
+    if table is None:
+        return None
+    return {m: dict(zip(("base", "new", "h"), v)) for m, v in table.items()}
+
+
+def published_transfer(protocol, source):
+    """`{method: {dataset: accuracy}}` of Table 2 or 3 when the source is ImageNet, else None."""
+    if source != "imagenet":
+        return None
+    table = CROSS_DATASET if protocol == "cross-dataset" else DOMAIN_GENERALIZATION
+    return {method: dict(values) for method, values in table.items()}

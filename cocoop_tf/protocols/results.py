@@ -1,0 +1,202 @@
+"""Results files: results.json, a Markdown table in the paper's layout, CSV and a plot.
+
+`results.json` (format `cocoop_tf.results/1`):
+
+- `protocol`: "base2new", "cross-dataset", "domain-generalization", "train"
+  or "evaluate"; `source`: the training dataset (None for zero-shot only);
+  `evaluations`: the evaluation names in order ("base" and "new" for
+  base-to-new, dataset names otherwise);
+- `config`: every setting of the run; `versions`: library versions;
+- `classes`: the class names of each evaluation, in label order;
+- `runs`: one entry per method and seed (zero-shot CLIP has no seed and
+  one entry): `{"method", "seed", "accuracy": {evaluation: percent},
+  "predictions": {evaluation: path of an .npz with labels and predicted,
+  relative to the results folder}}`, plus `"h"` in base-to-new;
+- `summary`: per method, per evaluation `{"mean", "std"}` over seeds
+  (population std, as CoOp's result parser); base-to-new adds `h` with
+  `"of_means"` (the harmonic mean of mean Base and mean New, the paper's H),
+  `"mean"` and `"std"` of the per-seed H; cross-dataset adds `"average"`
+  over the target datasets;
+- `published`: the paper's numbers for the same protocol and dataset
+  (`{method: {evaluation: percent}}`), or None.
+"""
+
+import csv
+import importlib.metadata
+import json
+import os
+import platform
+
+import numpy as np
+
+RESULTS_FORMAT = "cocoop_tf.results/1"
+METHOD_NAMES = {"zeroshot": "CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
+PROTOCOL_TITLES = {
+    "base2new": "Base-to-new generalisation",
+    "cross-dataset": "Cross-dataset transfer",
+    "domain-generalization": "Domain generalisation",
+    "train": "Training",
+    "evaluate": "Evaluation",
+}
+
+
+def harmonic_mean(base, new):
+    """H = 2 * base * new / (base + new), 0 when both are 0."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
+def versions():
+    """Versions of the libraries that decide the numbers."""
+    found = {"python": platform.python_version()}
+    for package in ("cocoop-tf", "tensorflow", "keras", "keras-hub", "numpy"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def _stats(values):
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def summarize(protocol, runs, evaluations, targets=()):
+    """Mean and std over seeds per method and evaluation (see the module docstring)."""
+    summary = {}
+    for method in dict.fromkeys(run["method"] for run in runs):
+        mine = [run for run in runs if run["method"] == method]
+        entry = {key: _stats([run["accuracy"][key] for run in mine]) for key in evaluations}
+        if protocol == "base2new":
+            entry["h"] = {
+                "of_means": harmonic_mean(entry["base"]["mean"], entry["new"]["mean"]),
+                **_stats([run["h"] for run in mine]),
+            }
+        if protocol == "cross-dataset" and targets:
+            entry["average"] = _stats(
+                [np.mean([run["accuracy"][t] for t in targets]) for run in mine]
+            )
+        entry["seeds"] = [run["seed"] for run in mine]
+        summary[method] = entry
+    return summary
+
+
+def write_results(folder, results):
+    """Writes results.json, results.md, results.csv and results.png into `folder`.
+
+    Returns:
+        The Markdown table.
+    """
+    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    table = markdown_table(results)
+    with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    write_csv(os.path.join(folder, "results.csv"), results)
+    plot(os.path.join(folder, "results.png"), results)
+    return table
+
+
+def _columns(results):
+    """The table's columns: (key in summary, heading)."""
+    if results["protocol"] == "base2new":
+        return [("base", "Base"), ("new", "New"), ("h", "H")]
+    columns = [(key, key) for key in results["evaluations"]]
+    if results["protocol"] == "cross-dataset" and results.get("targets"):
+        columns.append(("average", "Average"))
+    return columns
+
+
+def _cell(entry):
+    if entry is None:
+        return ""
+    value = entry.get("of_means", entry["mean"])
+    return f"{value:.2f} ± {entry['std']:.2f}" if entry["std"] else f"{value:.2f}"
+
+
+def markdown_table(results):
+    """The summary as a Markdown table in the layout of the paper's tables."""
+    config = results["config"]
+    columns = _columns(results)
+    what = results.get("source") or ", ".join(results["evaluations"])
+    lines = [
+        f"### {PROTOCOL_TITLES[results['protocol']]}: {what}",
+        "",
+        f"Backbone `{config['backbone']}`, {config['shots']} shots, {config['epochs']} epochs, "
+        f"batch size {config['batch_size']}, seeds {', '.join(map(str, config['seeds']))}. "
+        "Top-1 accuracy (%), mean ± std over seeds"
+        + (" (H: harmonic mean of the mean Base and New)." if results["protocol"] == "base2new" else "."),
+        "",
+        "| Method | " + " | ".join(heading for _, heading in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    published = results.get("published") or {}
+    for method, entry in results["summary"].items():
+        lines.append(
+            f"| {METHOD_NAMES[method]} | " + " | ".join(_cell(entry.get(key)) for key, _ in columns) + " |"
+        )
+        if method in published:
+            paper = published[method]
+            lines.append(
+                f"| {METHOD_NAMES[method]} (paper) | "
+                + " | ".join(f"{paper[key]:.2f}" if key in paper else "" for key, _ in columns)
+                + " |"
+            )
+    if published:
+        lines += ["", "Rows marked (paper) are the CoCoOp paper's ViT-B/16 numbers, mean of 3 seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path, results):
+    """One row per method, seed and evaluation: the raw numbers behind the summary."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["protocol", "source", "method", "seed", "evaluation", "accuracy"])
+        for run in results["runs"]:
+            values = dict(run["accuracy"])
+            if "h" in run:
+                values["h"] = run["h"]
+            for key, value in values.items():
+                writer.writerow(
+                    [results["protocol"], results.get("source") or "", run["method"],
+                     "" if run["seed"] is None else run["seed"], key, f"{value:.4f}"]
+                )
+
+
+def plot(path, results):
+    """Grouped bars per evaluation and method, std as error bars, the paper's as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = _columns(results)
+    methods = list(results["summary"])
+    published = results.get("published") or {}
+    width = 0.8 / len(methods)
+    positions = np.arange(len(columns))
+    paper_label = "paper"
+    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(columns) + 2), 3.6), dpi=120)
+    for i, method in enumerate(methods):
+        entry = results["summary"][method]
+        heights = [entry[key].get("of_means", entry[key]["mean"]) for key, _ in columns]
+        errors = [entry[key]["std"] for key, _ in columns]
+        x = positions + (i - (len(methods) - 1) / 2) * width
+        bars = axes.bar(x, heights, width, yerr=errors, capsize=2, label=METHOD_NAMES[method])
+        for bar, height in zip(bars, heights):
+            axes.annotate(f"{height:.1f}", (bar.get_x() + bar.get_width() / 2, height),
+                          ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        paper = published.get(method, {})
+        marked = [(xi, paper[key]) for xi, (key, _) in zip(x, columns) if key in paper]
+        if marked:
+            axes.scatter(*zip(*marked), marker="_", s=200, color="black", zorder=3, label=paper_label)
+            paper_label = None  # one legend entry
+    axes.set_xticks(positions, [heading for _, heading in columns],
+                    rotation=30 if len(columns) > 4 else 0, ha="right" if len(columns) > 4 else "center")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title(f"{PROTOCOL_TITLES[results['protocol']]}: {results.get('source') or ''}".rstrip(": "))
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

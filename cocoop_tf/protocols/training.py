@@ -1,0 +1,174 @@
+"""Training a prompt learner as the paper does, with a checkpoint per epoch and resume."""
+
+import glob
+import math
+import os
+import re
+import sys
+
+import keras
+import numpy as np
+
+from cocoop_tf.models import CoCoOp
+from cocoop_tf.models import CoOp
+from cocoop_tf.models import ZeroShotCLIP
+from cocoop_tf.training import paper_optimizer
+
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
+
+
+def build_model(method, clip, classnames, config, templates):
+    """The model of a method, configured by a `RunConfig`.
+
+    Args:
+        method: "zeroshot", "coop" or "cocoop".
+        clip: the frozen backbone.
+        classnames: the class set.
+        config: a `RunConfig`.
+        templates: zero-shot prompt templates.
+    """
+    if method == "zeroshot":
+        return ZeroShotCLIP(clip, classnames, template=templates)
+    if method == "coop":
+        return CoOp(clip, classnames, config.n_ctx, config.ctx_init, class_specific=config.class_specific)
+    return CoCoOp(clip, classnames, config.n_ctx, config.ctx_init, reduction=config.reduction)
+
+
+def epoch_seed(seed, epoch):
+    """The data seed of one epoch: augmentation and order depend only on (seed, epoch),
+    so a resumed run sees the images an uninterrupted one sees."""
+    return seed * 1_000_003 + epoch
+
+
+def progress_verbosity():
+    """Keras' progress bars in a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+class EpochCheckpoints:
+    """One checkpoint per epoch: the prompt file and the optimizer's state.
+
+    `epoch_003.safetensors` is a regular prompt checkpoint (`from_prompt`
+    reads it); `epoch_003.optimizer.safetensors` holds the optimizer's
+    variables (momentum, step counter), so training can resume exactly.
+
+    Args:
+        folder: where the checkpoints go.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def path(self, epoch):
+        return os.path.join(self.folder, f"epoch_{epoch:03d}.safetensors")
+
+    def latest(self):
+        """The last epoch with both files written, or 0."""
+        epochs = []
+        for path in glob.glob(os.path.join(self.folder, "epoch_*.safetensors")):
+            match = _EPOCH_FILE.search(os.path.basename(path))
+            if match and os.path.exists(path[: -len(".safetensors")] + ".optimizer.safetensors"):
+                epochs.append(int(match.group(1)))
+        return max(epochs, default=0)
+
+    def save(self, epoch, model):
+        from safetensors.numpy import save_file
+
+        os.makedirs(self.folder, exist_ok=True)
+        path = self.path(epoch)
+        state = {v.path: np.asarray(v) for v in model.optimizer.variables}
+        # The prompt file last: `latest` trusts an epoch only once both exist.
+        save_file(state, path[: -len(".safetensors")] + ".optimizer.safetensors")
+        model.save_prompt(path)
+
+    def restore(self, epoch, model):
+        from safetensors.numpy import load_file
+
+        path = self.path(epoch)
+        model.load_prompt(path)
+        model.optimizer.build(model.trainable_variables)
+        state = load_file(path[: -len(".safetensors")] + ".optimizer.safetensors")
+        variables = {v.path: v for v in model.optimizer.variables}
+        if set(state) != set(variables):
+            raise ValueError(
+                f"Checkpoint {path!r} does not match this optimizer (it holds "
+                f"{sorted(state)}, the optimizer has {sorted(variables)}); it was written "
+                "by a run with other settings."
+            )
+        for name, value in state.items():
+            variables[name].assign(value)
+
+
+def train_prompt_model(
+    model,
+    dataset,
+    config,
+    seed,
+    image_size,
+    checkpoint_dir,
+    log_dir=None,
+    resume=False,
+    write_files=True,
+    log=print,
+):
+    """Trains a CoOp/CoCoOp model with the paper's optimiser; the last epoch is kept.
+
+    Each epoch gets its own data seed (`epoch_seed`), and the prompt and
+    optimizer state are saved after every epoch, so `resume=True` continues
+    an interrupted run from its last checkpoint to the same final weights.
+
+    Args:
+        model: a `CoOp` or `CoCoOp`, built (and to be compiled) under the
+            distribution strategy's scope when there is one.
+        dataset: the few-shot `ImageDataset` view to train on.
+        config: a `RunConfig`.
+        seed: the run's seed.
+        image_size: input side.
+        checkpoint_dir: folder of the per-epoch checkpoints.
+        log_dir: TensorBoard folder, or None.
+        resume: continue from the last checkpoint in `checkpoint_dir`.
+        write_files: write checkpoints and logs (False on non-chief workers).
+        log: function for progress lines.
+
+    Returns:
+        The Keras `History` of each epoch trained here, as a list of dicts.
+    """
+    images = len(dataset.train)
+    drop_remainder = images >= config.batch_size  # as Dassl's training loader
+    steps_per_epoch = images // config.batch_size if drop_remainder else 1
+    model.compile(
+        optimizer=paper_optimizer(
+            steps_per_epoch, config.epochs, config.lr, config.momentum,
+            config.weight_decay, config.warmup_epochs, config.warmup_lr,
+        ),
+        jit_compile=config.jit_compile,
+    )
+    checkpoints = EpochCheckpoints(checkpoint_dir)
+    start = checkpoints.latest() if resume else 0
+    if start:
+        checkpoints.restore(start, model)
+        log(f"  resumed after epoch {start} from {checkpoints.path(start)}")
+    callbacks = []
+    if log_dir and write_files:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, update_freq="epoch"))
+    history = []
+    for epoch in range(start, config.epochs):
+        data = dataset.to_tf_dataset(
+            "train", config.batch_size, training=True, image_size=image_size,
+            seed=epoch_seed(seed, epoch), deterministic=config.deterministic,
+            drop_remainder=drop_remainder,
+        )
+        result = model.fit(
+            data, initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
+            shuffle=False, verbose=progress_verbosity(),
+        )
+        history.append({k: float(v[-1]) for k, v in result.history.items()})
+        for value in history[-1].values():
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"Training diverged in epoch {epoch + 1} (loss {value}); lower --lr or "
+                    "use float32 precision."
+                )
+        if write_files:
+            checkpoints.save(epoch + 1, model)
+    return history
