@@ -97,6 +97,18 @@ def test_deterministic_mode_repeats_and_seeds_differ(folder):
     assert not np.allclose(a1, a2)  # a new epoch, new draws
 
 
+def test_fixed_pipeline_repeats_every_pass(folder):
+    data = load_dataset(folder).to_tf_dataset(
+        "train", 4, training=True, image_size=12, seed=3, deterministic=True,
+        reshuffle_each_iteration=False,
+    )
+    (a, la), (b, lb) = collect(data), collect(data)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    plain = load_dataset(folder).to_tf_dataset("train", 4, training=True, image_size=12, seed=3, deterministic=True)
+    np.testing.assert_array_equal(collect(plain)[0], a)  # the same first pass
+
+
 def test_training_order_is_shuffled_every_epoch(tmp_path):
     for label in range(4):
         for i in range(6):

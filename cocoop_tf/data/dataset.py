@@ -244,6 +244,7 @@ class ImageDataset:
         deterministic=False,
         skip_corrupt=False,
         drop_remainder=False,
+        reshuffle_each_iteration=True,
     ):
         """A `tf.data.Dataset` of (images, labels) for one split.
 
@@ -272,6 +273,11 @@ class ImageDataset:
                 warning that names each; by default such an image stops the
                 pipeline with an error naming the file.
             drop_remainder: drop the last, smaller batch.
+            reshuffle_each_iteration: training only; True draws a new order
+                and new augmentations on every pass (epoch); False repeats
+                the first pass, for one pipeline per epoch whose images must
+                not depend on how often it is iterated (resumable and
+                distributed runs).
 
         Returns:
             A `tf.data.Dataset`.
@@ -288,7 +294,7 @@ class ImageDataset:
             digest = hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
             cache = os.path.join(os.fspath(cache), f"{_safe(self.name)}_{split}_{digest}")
         return make_pipeline(
-            lambda shuffle, seed: self.source.read(split, items, shuffle, seed),
+            lambda shuffle, seed, reshuffle: self.source.read(split, items, shuffle, seed, reshuffle),
             len(items),
             batch_size,
             training,
@@ -298,6 +304,7 @@ class ImageDataset:
             deterministic=deterministic,
             skip_corrupt=skip_corrupt,
             drop_remainder=drop_remainder,
+            reshuffle_each_iteration=reshuffle_each_iteration,
         )
 
     def __repr__(self):

@@ -30,7 +30,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 16384
 
 
-def read_files(paths, labels, shuffle=False, seed=None):
+def read_files(paths, labels, shuffle=False, seed=None, reshuffle_each_iteration=True):
     """Records of image files: a `tf.data.Dataset` of (path, bytes, label).
 
     Args:
@@ -39,12 +39,15 @@ def read_files(paths, labels, shuffle=False, seed=None):
         shuffle: visit the files in a new random order each epoch (the
             paths are shuffled before any file is read).
         seed: shuffling seed.
+        reshuffle_each_iteration: False: every pass uses the same order.
     """
     records = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(paths), tf.string, shape=[len(paths)]), np.asarray(labels, np.int32))
     )
     if shuffle:
-        records = records.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
+        records = records.shuffle(
+            max(len(paths), 1), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration
+        )
     return records.map(
         lambda path, label: (path, tf.io.read_file(path), label), num_parallel_calls=AUTOTUNE
     )
@@ -62,6 +65,7 @@ def make_pipeline(
     deterministic=False,
     skip_corrupt=False,
     drop_remainder=False,
+    reshuffle_each_iteration=True,
 ):
     """Builds the batched image pipeline over records of encoded images.
 
@@ -71,7 +75,7 @@ def make_pipeline(
     the records is kept.
 
     Args:
-        read: `read(shuffle, seed)` returning a `tf.data.Dataset` of
+        read: `read(shuffle, seed, reshuffle_each_iteration)` returning a `tf.data.Dataset` of
             (name, encoded image bytes, int32 label), e.g. from `read_files`.
         num_records: how many records `read` yields.
         batch_size: images per batch.
@@ -86,6 +90,8 @@ def make_pipeline(
         skip_corrupt: drop images that cannot be decoded, with a printed
             warning naming each, instead of stopping with an error.
         drop_remainder: drop the last, smaller batch.
+        reshuffle_each_iteration: training only; False makes every pass
+            over the dataset repeat the same order and augmentation.
 
     Returns:
         A `tf.data.Dataset` of (images float32 [B, S, S, 3] in 0..255,
@@ -95,15 +101,17 @@ def make_pipeline(
         seed = 0
     ordered = deterministic or not training
     if cache is not False and cache is not None:
-        records = read(False, None).cache("" if cache is True else str(cache))
+        records = read(False, None, True).cache("" if cache is True else str(cache))
         if training:
             buffer = max(min(num_records, SHUFFLE_BUFFER), 1)
-            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
     else:
-        records = read(training, seed)
+        records = read(training, seed, reshuffle_each_iteration)
 
     if training:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=reshuffle_each_iteration
+        ).batch(2)
         records = tf.data.Dataset.zip(records, seeds).map(lambda r, s: (*r, s))
     else:
         no_seed = tf.zeros([2], tf.int64)

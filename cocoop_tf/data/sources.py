@@ -60,7 +60,7 @@ class Source:
             return item.path
         return os.path.relpath(item.path, self.root).replace(os.sep, "/")
 
-    def read(self, split, items, shuffle=False, seed=None):
+    def read(self, split, items, shuffle=False, seed=None, reshuffle_each_iteration=True):
         """The items' encoded images, a `tf.data.Dataset` of (path, bytes, label).
 
         Args:
@@ -68,9 +68,12 @@ class Source:
             items: list of `Item`.
             shuffle: whether to visit the items in a new random order each epoch.
             seed: the shuffling seed.
+            reshuffle_each_iteration: False: the same order every pass.
         """
         del split  # Files are read the same whatever their split.
-        return read_files([i.path for i in items], [i.label for i in items], shuffle, seed)
+        return read_files(
+            [i.path for i in items], [i.label for i in items], shuffle, seed, reshuffle_each_iteration
+        )
 
 
 # --- layouts ------------------------------------------------------------------

@@ -194,7 +194,7 @@ class TFDSSource(Source):
             if label in new_label
         ]
 
-    def read(self, split, items, shuffle=False, seed=None):
+    def read(self, split, items, shuffle=False, seed=None, reshuffle_each_iteration=True):
         """The items' encoded images, a `tf.data.Dataset` of (tfds_id, bytes, label)."""
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -203,7 +203,8 @@ class TFDSSource(Source):
             ),
             default_value=-1,
         )
-        records = self._as_dataset(self._tfds_splits[split], shuffle, seed)
+        # Shuffled shard files come in a new order each pass; a fixed order reads them in turn.
+        records = self._as_dataset(self._tfds_splits[split], shuffle and reshuffle_each_iteration, seed)
         records = records.map(
             lambda ex: (ex["tfds_id"], ex[self._image_key], table.lookup(ex["tfds_id"])),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -211,7 +212,7 @@ class TFDSSource(Source):
         records = records.filter(lambda name, data, label: label >= 0)
         if shuffle:
             buffer = max(min(len(items), SHUFFLE_BUFFER), 1)
-            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
         return records
 
     def _as_dataset(self, tfds_split, shuffle, seed=None):

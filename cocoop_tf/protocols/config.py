@@ -38,7 +38,9 @@ class RunConfig:
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
         image_size: input side; None: the backbone's.
         templates: zero-shot prompt templates; None: the dataset's.
-        deterministic: deterministic TensorFlow ops (slower; bitwise repeatable).
+        deterministic: deterministic TensorFlow ops (slower), for bitwise
+            repeatable runs; the training data (order and augmentation) is
+            always a function of the seed.
         jit_compile: compile training and evaluation steps with XLA.
         strategy: None, "mirrored", "multi_worker" or "tpu".
         tpu: TPU name or address for strategy "tpu" (None: the local TPU).

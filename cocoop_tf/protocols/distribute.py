@@ -17,14 +17,18 @@ def make_strategy(name, tpu=None):
 
     Args:
         name: None (the default strategy: one device), "mirrored" (all local
-            GPUs, or CPU), "multi_worker" (MultiWorkerMirroredStrategy; the
+            GPUs, or else all logical CPU devices), "multi_worker" (MultiWorkerMirroredStrategy; the
             cluster comes from the TF_CONFIG environment variable) or "tpu".
         tpu: for "tpu", the TPU name or grpc address (None: the local TPU).
     """
     if name is None:
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # MirroredStrategy takes the GPUs, or else only the first CPU; a machine
+        # (or test) that splits its CPU into logical devices uses them all.
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(

@@ -1,5 +1,6 @@
 """Training a prompt learner as the paper does, with a checkpoint per epoch and resume."""
 
+import functools
 import glob
 import math
 import os
@@ -131,7 +132,7 @@ def train_prompt_model(
         log: function for progress lines.
 
     Returns:
-        The Keras `History` of each epoch trained here, as a list of dicts.
+        The logs (loss, accuracy) of each epoch trained here, as a list of dicts.
     """
     images = len(dataset.train)
     drop_remainder = images >= config.batch_size  # as Dassl's training loader
@@ -151,24 +152,45 @@ def train_prompt_model(
     callbacks = []
     if log_dir and write_files:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, update_freq="epoch"))
-    history = []
-    for epoch in range(start, config.epochs):
-        data = dataset.to_tf_dataset(
-            "train", config.batch_size, training=True, image_size=image_size,
-            seed=epoch_seed(seed, epoch), deterministic=config.deterministic,
-            drop_remainder=drop_remainder,
+    if write_files:
+        callbacks.append(_SaveEachEpoch(checkpoints))
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    if start >= config.epochs:
+        return []
+    # One pipeline per epoch, its images a function of (seed, epoch) alone: in
+    # order (parallel decoding may otherwise reorder them) and the same on every
+    # pass (a distribution strategy may start an iterator more than once). A
+    # single fit reads them: the iterator carries on across epochs when
+    # steps_per_epoch is set.
+    data = functools.reduce(
+        lambda first, then: first.concatenate(then),
+        [
+            dataset.to_tf_dataset(
+                "train", config.batch_size, training=True, image_size=image_size,
+                seed=epoch_seed(seed, epoch), deterministic=True,
+                drop_remainder=drop_remainder, reshuffle_each_iteration=False,
+            )
+            for epoch in range(start, config.epochs)
+        ],
+    )
+    result = model.fit(
+        data, initial_epoch=start, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks, shuffle=False, verbose=progress_verbosity(),
+    )
+    losses = result.history.get("loss", [])
+    if len(losses) < config.epochs - start or not all(map(math.isfinite, losses)):
+        raise FloatingPointError(
+            f"Training diverged (loss {losses[-1] if losses else 'nan'}); lower --lr, or use "
+            "float32 precision."
         )
-        result = model.fit(
-            data, initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
-            shuffle=False, verbose=progress_verbosity(),
-        )
-        history.append({k: float(v[-1]) for k, v in result.history.items()})
-        for value in history[-1].values():
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"Training diverged in epoch {epoch + 1} (loss {value}); lower --lr or "
-                    "use float32 precision."
-                )
-        if write_files:
-            checkpoints.save(epoch + 1, model)
-    return history
+    return [dict(zip(result.history, values)) for values in zip(*result.history.values())]
+
+
+class _SaveEachEpoch(keras.callbacks.Callback):
+    def __init__(self, checkpoints):
+        super().__init__()
+        self.checkpoints = checkpoints
+
+    def on_epoch_end(self, epoch, logs=None):
+        if math.isfinite((logs or {}).get("loss", 0.0)):  # never checkpoint a diverged model
+            self.checkpoints.save(epoch + 1, self.model)
