@@ -16,6 +16,8 @@ from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
 from cocoop_tf.clip.convert import check_not_resnet
 from cocoop_tf.clip.convert import load_hf_weights
+from cocoop_tf.demo.weights import MINI_CLIP_NAME
+from cocoop_tf.demo.weights import load_mini_clip
 
 # Randomly initialised architectures for tests and benchmarks (no real weights).
 RANDOM_CONFIGS = {
@@ -56,7 +58,12 @@ def load_clip(
       OpenAI's TorchScript archives such as `ViT-B-16.pt` included) or
       `.safetensors`;
     - `"random_tiny"` or `"random_vit_b16"`: randomly initialised models for
-      tests and benchmarks, seeded by `seed`.
+      tests and benchmarks, seeded by `seed`;
+    - `"mini_clip"`: a small CLIP (32 x 32 images, 7.6 M parameters) that
+      ships with the package, pretrained by `python -m
+      cocoop_tf.demo.pretrain` on MNIST digits and animal silhouettes (see
+      `cocoop_tf/demo/MINI_CLIP.md`); for demos and notebooks, not a
+      substitute for real CLIP weights.
 
     The architecture is read from the checkpoint. Every weight is frozen.
 
@@ -76,6 +83,8 @@ def load_clip(
     source = os.fspath(source)
     if source in RANDOM_CONFIGS:
         backbone = random_backbone(RANDOM_CONFIGS[source], seed, dtype)
+    elif source == MINI_CLIP_NAME:
+        backbone = load_mini_clip(dtype)
     elif os.path.isdir(source):
         backbone = _load_folder(source, dtype)
     elif os.path.isfile(source):
@@ -90,7 +99,8 @@ def load_clip(
             f"Unknown CLIP source {source!r}: it is not an existing file or "
             "folder, nor a keras-hub CLIP preset "
             f"({', '.join(sorted(keras_hub.models.CLIPBackbone.presets))}), "
-            f"nor a random test configuration ({', '.join(RANDOM_CONFIGS)}). "
+            f"nor a random test configuration ({', '.join(RANDOM_CONFIGS)}), "
+            f"nor the pretrained demo model {MINI_CLIP_NAME!r}. "
             "Check the spelling or the path."
         )
     return freeze(backbone)

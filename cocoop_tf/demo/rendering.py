@@ -1,0 +1,102 @@
+"""How the demo's 28 x 28 grey images become 32 x 32 RGB pictures.
+
+Pretraining draws every shape in a random ink colour, on black, shifted by
+up to two pixels. Captions name the colour half of the time (see
+`captions.py`), so the small CLIP learns what such words look like: its
+text encoder reads more than the class name, and a learned prompt has
+something to steer (with captions that only ever vary in wording, the text
+encoder learns to ignore every word but the class name, and no prompt can
+change its output). The mini benchmark's shift (see `shift.py`) is outside
+every style drawn here.
+"""
+
+import dataclasses
+
+import numpy as np
+
+IMAGE_SIZE = 32
+SOURCE_SIZE = 28
+_MARGIN = IMAGE_SIZE - SOURCE_SIZE
+
+# Ink colours: the word captions use for each, and its RGB value.
+INK_COLOURS = {
+    "white": (255, 255, 255),
+    "red": (235, 45, 45),
+    "green": (50, 205, 70),
+    "blue": (70, 100, 255),
+    "yellow": (245, 225, 50),
+}
+COLOUR_WORDS = tuple(INK_COLOURS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Styles:
+    """How each of N images is drawn.
+
+    Args:
+        colour: int `[N]` index into `INK_COLOURS`.
+        offsets: int `[N, 2]` top-left corner (row, column) of the 28 x 28
+            shape on the 32 x 32 canvas, each in 0..4.
+    """
+
+    colour: np.ndarray
+    offsets: np.ndarray
+
+
+def plain_styles(count):
+    """White shapes, centred: the images as the packages give them."""
+    return Styles(np.zeros(count, np.int64), np.full((count, 2), _MARGIN // 2))
+
+
+def random_styles(count, rng):
+    """A uniformly drawn ink colour and position for each image.
+
+    Args:
+        count: number of images.
+        rng: a `numpy.random.Generator`.
+    """
+    colour = rng.integers(0, len(INK_COLOURS), count)
+    offsets = rng.integers(0, _MARGIN + 1, size=(count, 2))
+    return Styles(colour, offsets)
+
+
+def grey_canvas(images, offsets):
+    """Places grey shapes on a black 32 x 32 canvas.
+
+    Args:
+        images: uint8 `[N, 28, 28]`.
+        offsets: int `[N, 2]` top-left corner of each shape, in 0..4.
+
+    Returns:
+        float32 `[N, 32, 32]` in 0..1.
+    """
+    images = np.asarray(images, np.float32) / 255.0
+    offsets = np.asarray(offsets)
+    count = len(images)
+    if offsets.shape != (count, 2) or offsets.min(initial=0) < 0 or offsets.max(initial=0) > _MARGIN:
+        raise ValueError(f"offsets must be [N, 2] integers in 0..{_MARGIN}.")
+    canvas = np.zeros((count, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    rows = offsets[:, 0, None] + np.arange(SOURCE_SIZE)[None, :]
+    columns = offsets[:, 1, None] + np.arange(SOURCE_SIZE)[None, :]
+    canvas[np.arange(count)[:, None, None], rows[:, :, None], columns[:, None, :]] = images
+    return canvas
+
+
+def render(images, styles):
+    """Draws grey images in the given styles: coloured ink on black.
+
+    Args:
+        images: uint8 `[N, 28, 28]`, white shapes on black.
+        styles: their `Styles`.
+
+    Returns:
+        uint8 `[N, 32, 32, 3]` RGB.
+    """
+    canvas = grey_canvas(images, styles.offsets)
+    ink = np.array(list(INK_COLOURS.values()), np.float32)[styles.colour]
+    return np.round(canvas[..., None] * ink[:, None, None, :]).astype(np.uint8)
+
+
+def render_plain(images):
+    """Images as the packages give them: white on black, centred, 32 x 32 RGB."""
+    return render(images, plain_styles(len(images)))
