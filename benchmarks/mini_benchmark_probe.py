@@ -55,7 +55,8 @@ def run(method, seed, clip, dataset, args):
     model = build(method, clip, base.classnames, args)
     if method != "zeroshot":
         train = base.to_tf_dataset(
-            "train", args.batch_size, training=True, image_size=IMAGE_SIZE, seed=seed
+            "train", args.batch_size, training=True, image_size=IMAGE_SIZE, seed=seed,
+            crop_scale=(args.crop_min, 1.0), flip=not args.no_flip,
         )
         steps = int(np.ceil(len(base.train) / args.batch_size))
         model.compile(
@@ -82,6 +83,8 @@ def main():
     parser.add_argument("--n-ctx", type=int, default=4)
     parser.add_argument("--ctx-init", default="a photo of a")
     parser.add_argument("--reduction", type=int, default=16)
+    parser.add_argument("--crop-min", type=float, default=0.08)
+    parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
 

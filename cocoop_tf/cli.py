@@ -163,6 +163,14 @@ def _add_run_options(parser, methods_default=None):
     parser.add_argument("--templates", nargs="+", help="zero-shot templates (default: the dataset's)")
     parser.add_argument("--image-size", type=int, help="input side (default: the backbone's)")
     parser.add_argument(
+        "--crop-scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="area range of the training crop (default: 0.08 1.0, the paper's)",
+    )
+    parser.add_argument(
+        "--no-flip", dest="flip", action="store_false", default=None,
+        help="no random horizontal flip in training (for digits, text, ...)",
+    )
+    parser.add_argument(
         "--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
         help="compute precision (default: float32)",
     )

@@ -229,3 +229,27 @@ def test_horizontal_flip_happens_half_the_time():
             np.testing.assert_array_equal(out, image.numpy()[:, ::-1])
             flipped += 1
     assert 30 < flipped < 70
+
+
+def test_crop_scale_and_flip_options(tmp_path):
+    # Square images: a crop of the whole area is the whole image, so with
+    # crop_scale=(1, 1) training images are the evaluation images, mirrored
+    # or not as `flip` says.
+    for i in range(10):
+        split = "train" if i < 8 else "test"
+        write_image(tmp_path / "sq" / split / f"c{i % 2}" / f"{i}.png", seed=i, size=(20, 20))
+    ds = load_dataset(tmp_path / "sq")
+    plain = {tuple(x[0, 0]): x for x in collect(ds.to_tf_dataset("train", 8, training=False, image_size=20))[0]}
+
+    def training_images(**options):
+        data = ds.to_tf_dataset("train", 8, training=True, image_size=20, seed=3, crop_scale=(1.0, 1.0), **options)
+        return collect(data)[0]
+
+    for image in training_images(flip=False):
+        np.testing.assert_allclose(image, plain[tuple(image[0, 0])], atol=1e-3)
+    mirrored = [not np.allclose(image, plain.get(tuple(image[0, 0]), -1), atol=1e-3)
+                for image in training_images(flip=True)]
+    assert 0 < sum(mirrored) < 8
+    for bad in ((0.0, 1.0), (0.9, 0.5), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="crop_scale"):
+            ds.to_tf_dataset("train", 8, training=True, crop_scale=bad)

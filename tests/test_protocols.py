@@ -84,7 +84,7 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
     output = tmp_path / "run"
     result = cli(
         "base2new", "--dataset", "oxford_pets", "--data-root", data_root, "--config", config,
-        "--epochs", 2, "--seeds", 1, 2, "--output", output,
+        "--epochs", 2, "--seeds", 1, 2, "--crop-scale", 0.5, 1, "--no-flip", "--output", output,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((output / "results.json").read_text())
@@ -94,6 +94,7 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
     assert results["classes"] == {"base": PETS[:3], "new": PETS[3:]}
     assert results["config"]["epochs"] == 2  # the flag overrides the file
     assert results["config"]["shots"] == 2 and results["config"]["lr"] == 0.002  # file, default
+    assert results["config"]["crop_scale"] == [0.5, 1.0] and results["config"]["flip"] is False
     assert results["versions"]["tensorflow"] == tf.__version__
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [
         ("zeroshot", None), ("coop", 1), ("coop", 2), ("cocoop", 1), ("cocoop", 2)
@@ -270,7 +271,10 @@ def test_unknown_dataset_and_bad_settings(data_root, tmp_path):
     csc = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--class-specific",
               "--methods", "coop", "--data-root", data_root, "--output", tmp_path / "out")
     assert csc.returncode == 2 and "cannot be evaluated on other classes" in csc.stderr
-    assert "Traceback" not in result.stderr + bad.stderr + typo.stderr + csc.stderr
+    crop = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--crop-scale", 0.8, 0.2,
+               "--data-root", data_root, "--output", tmp_path / "out")
+    assert crop.returncode == 2 and "crop_scale must be [low, high]" in crop.stderr
+    assert "Traceback" not in result.stderr + bad.stderr + typo.stderr + csc.stderr + crop.stderr
     assert not (tmp_path / "out").exists()
 
 

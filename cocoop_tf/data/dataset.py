@@ -247,6 +247,8 @@ class ImageDataset:
         skip_corrupt=False,
         drop_remainder=False,
         reshuffle_each_iteration=True,
+        crop_scale=(0.08, 1.0),
+        flip=True,
     ):
         """A `tf.data.Dataset` of (images, labels) for one split.
 
@@ -280,10 +282,23 @@ class ImageDataset:
                 the first pass, for one pipeline per epoch whose images must
                 not depend on how often it is iterated (resumable and
                 distributed runs).
+            crop_scale: training only; (low, high) range of the random
+                crop's area as a fraction of the image's; the paper's
+                (0.08, 1.0) by default. Raise `low` for small images whose
+                object fills the frame, where tiny crops show nothing.
+            flip: training only; mirror images left to right at random (the
+                paper's default); turn off where mirroring changes the class
+                (text, digits).
 
         Returns:
             A `tf.data.Dataset`.
         """
+        low, high = crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                f"crop_scale={tuple(crop_scale)} is not an area range: pass (low, high) "
+                "with 0 < low <= high <= 1, e.g. the paper's (0.08, 1.0)."
+            )
         items = self.items(split)
         if not items:
             raise ValueError(
@@ -307,6 +322,8 @@ class ImageDataset:
             skip_corrupt=skip_corrupt,
             drop_remainder=drop_remainder,
             reshuffle_each_iteration=reshuffle_each_iteration,
+            crop_scale=(float(low), float(high)),
+            flip=flip,
         )
 
     def __repr__(self):

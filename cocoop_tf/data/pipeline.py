@@ -66,11 +66,13 @@ def make_pipeline(
     skip_corrupt=False,
     drop_remainder=False,
     reshuffle_each_iteration=True,
+    crop_scale=(0.08, 1.0),
+    flip=True,
 ):
     """Builds the batched image pipeline over records of encoded images.
 
-    Training: shuffled every epoch, random resized crop (scale 0.08-1,
-    aspect 3/4-4/3, bicubic) and random horizontal flip. Evaluation: the
+    Training: shuffled every epoch, random resized crop (scale 0.08-1 by
+    default, aspect 3/4-4/3, bicubic) and random horizontal flip. Evaluation: the
     short side resized to `image_size` (bicubic), centre crop; the order of
     the records is kept.
 
@@ -92,6 +94,9 @@ def make_pipeline(
         drop_remainder: drop the last, smaller batch.
         reshuffle_each_iteration: training only; False makes every pass
             over the dataset repeat the same order and augmentation.
+        crop_scale: training only; range of the random crop's area as a
+            fraction of the image's (the paper's 0.08-1 by default).
+        flip: training only; mirror images left to right at random.
 
     Returns:
         A `tf.data.Dataset` of (images float32 [B, S, S, 3] in 0..255,
@@ -138,8 +143,9 @@ def make_pipeline(
         if training:
             seeds = tf.random.experimental.stateless_split(element_seed, 2)
             crop_seed, flip_seed = tf.unstack(seeds)
-            image = random_resized_crop(image, image_size, crop_seed)
-            image = random_horizontal_flip(image, flip_seed)
+            image = random_resized_crop(image, image_size, crop_seed, scale=crop_scale)
+            if flip:
+                image = random_horizontal_flip(image, flip_seed)
         else:
             image = resize_and_center_crop(image, image_size)
         image.set_shape([image_size, image_size, 3])

@@ -100,3 +100,49 @@ def render(images, styles):
 def render_plain(images):
     """Images as the packages give them: white on black, centred, 32 x 32 RGB."""
     return render(images, plain_styles(len(images)))
+
+
+def random_crops(pictures, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), flip=True):
+    """Random resized crops (and mirror images) of pictures, as training augmentation.
+
+    Like the prompt-learning pipeline's augmentation (torchvision's
+    `RandomResizedCrop` and horizontal flip), milder: each window covers a
+    `scale` fraction of the picture with an aspect ratio in `ratio`, and is
+    resized back to the full size with bilinear interpolation.
+
+    Args:
+        pictures: uint8 `[N, S, S, 3]`.
+        rng: a `numpy.random.Generator`.
+        scale: range of the window's area, as a fraction of the picture's.
+        ratio: range of the window's width / height.
+        flip: also mirror each picture left to right with probability 1/2.
+
+    Returns:
+        uint8 `[N, S, S, 3]`.
+    """
+    count, size = len(pictures), pictures.shape[1]
+    area = rng.uniform(*scale, count) * size * size
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), count))
+    heights = np.clip(np.sqrt(area / aspect), 1, size)
+    widths = np.clip(np.sqrt(area * aspect), 1, size)
+    tops = rng.uniform(0, 1, count) * (size - heights)
+    lefts = rng.uniform(0, 1, count) * (size - widths)
+    steps = (np.arange(size) + 0.5) / size
+    rows = tops[:, None] + steps[None, :] * heights[:, None] - 0.5  # [N, S] source rows
+    columns = lefts[:, None] + steps[None, :] * widths[:, None] - 0.5
+    if flip:
+        mirrored = rng.random(count) < 0.5
+        columns[mirrored] = columns[mirrored, ::-1]
+    rows, columns = np.clip(rows, 0, size - 1), np.clip(columns, 0, size - 1)
+    top, left = np.floor(rows).astype(int), np.floor(columns).astype(int)
+    bottom, right = np.minimum(top + 1, size - 1), np.minimum(left + 1, size - 1)
+    down, across = (rows - top)[:, :, None, None], (columns - left)[:, None, :, None]
+    index = np.arange(count)[:, None, None]
+    pictures = pictures.astype(np.float32)
+
+    def gather(r, c):
+        return pictures[index, r[:, :, None], c[:, None, :]]
+
+    upper = gather(top, left) * (1 - across) + gather(top, right) * across
+    lower = gather(bottom, left) * (1 - across) + gather(bottom, right) * across
+    return np.round(upper * (1 - down) + lower * down).astype(np.uint8)

@@ -2,8 +2,8 @@
 
 Pretraining only ever sees bright, saturated ink on a pure black background
 (`rendering.py`). The benchmark draws its held-out images as a faded print
-instead: colourless grey ink at 35-55% brightness, on a dark grey background
-(10-20%) with pixel noise, slightly blurred. The shapes stay clearly
+instead: colourless grey ink at 40-60% brightness, on a dark grey background
+(5-15%) with pixel noise, slightly blurred. The shapes stay clearly
 visible, but every pixel statistic the model was trained on moves: zero-shot
 accuracy drops, while the class information is still in the image features,
 for a learned prompt to recover.
@@ -21,10 +21,10 @@ from scipy import ndimage
 from cocoop_tf.demo.rendering import plain_styles
 from cocoop_tf.demo.rendering import grey_canvas
 
-INK_BRIGHTNESS = (0.35, 0.55)
-BACKGROUND_BRIGHTNESS = (0.10, 0.20)
-NOISE_STD = 0.06
-BLUR_SIGMA = 0.7
+INK_BRIGHTNESS = (0.40, 0.60)
+BACKGROUND_BRIGHTNESS = (0.05, 0.15)
+NOISE_STD = 0.04
+BLUR_SIGMA = 0.5
 SHIFT_DESCRIPTION = (
     f"grey ink at {INK_BRIGHTNESS[0]:.0%}-{INK_BRIGHTNESS[1]:.0%} brightness on a "
     f"{BACKGROUND_BRIGHTNESS[0]:.0%}-{BACKGROUND_BRIGHTNESS[1]:.0%} grey background, "

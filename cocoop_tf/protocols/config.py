@@ -37,6 +37,9 @@ class RunConfig:
             classes; base-to-new and transfer need it off).
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
         image_size: input side; None: the backbone's.
+        crop_scale: [low, high] area range of the training images' random
+            resized crop, as a fraction of the image; the paper's [0.08, 1].
+        flip: random horizontal flip of training images (the paper's).
         templates: zero-shot prompt templates; None: the dataset's.
         deterministic: deterministic TensorFlow ops (slower), for bitwise
             repeatable runs; the training data (order and augmentation) is
@@ -65,6 +68,8 @@ class RunConfig:
     class_specific: bool = False
     precision: str = "float32"
     image_size: int = None
+    crop_scale: list = dataclasses.field(default_factory=lambda: [0.08, 1.0])
+    flip: bool = True
     templates: list = None
     deterministic: bool = False
     jit_compile: bool = False
@@ -104,6 +109,14 @@ class RunConfig:
             self.n_ctx = words
         elif not self.n_ctx or self.n_ctx < 1:
             raise ValueError("Without ctx_init, give the number of context vectors n_ctx >= 1.")
+        if (
+            not isinstance(self.crop_scale, (list, tuple)) or len(self.crop_scale) != 2
+            or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
+        ):
+            raise ValueError(
+                f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale!r}."
+            )
+        self.crop_scale = [float(v) for v in self.crop_scale]
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
         if self.strategy not in (None, *STRATEGIES):

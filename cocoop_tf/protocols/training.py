@@ -169,6 +169,7 @@ def train_prompt_model(
                 "train", config.batch_size, training=True, image_size=image_size,
                 seed=epoch_seed(seed, epoch), deterministic=True,
                 drop_remainder=drop_remainder, reshuffle_each_iteration=False,
+                crop_scale=config.crop_scale, flip=config.flip,
             )
             for epoch in range(start, config.epochs)
         ],
