@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from cocoop_tf.demo.demo import DEMO_SETTINGS
 from cocoop_tf.protocols import load_predictions
 
 
@@ -20,6 +21,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert "| Method | Base | New | H |" in result.stdout
     results = json.loads((output / "base2new" / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["zeroshot"] + ["coop"] * 3 + ["cocoop"] * 3
+    assert {key: results["config"][key] for key in DEMO_SETTINGS} == DEMO_SETTINGS
     for run in results["runs"]:
         for key, path in run["predictions"].items():
             labels, predicted, _ = load_predictions(output / "base2new" / path)

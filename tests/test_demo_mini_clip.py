@@ -130,7 +130,7 @@ def test_pretraining_runs_end_to_end_and_writes_loadable_weights(tmp_path):
     assert report["zero_shot_accuracy_saved_weights"] == pytest.approx(report["zero_shot_accuracy"], abs=0.02)
     # The same seed trains the same weights.
     again = pretrain.pretrain(
-        tmp_path / "again", steps=3, seed=5, batch_size=16, architecture=TINY, log_every=3,
+        tmp_path / "again", steps=3, seed=5, batch_size=16, architecture=TINY, log_every=1,
         out=io.StringIO(),
     )
     assert again["final_loss"] == report["final_loss"]
