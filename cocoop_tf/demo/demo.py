@@ -10,10 +10,9 @@ BACKBONE = "mini_clip"
 DATASET = "mini_digits_animals"
 # The paper's recipe (SGD lr 0.002, batch 1, 10 epochs, warm-up, cosine,
 # context "a photo of a"), with the training augmentation adapted to 32-pixel
-# digits and silhouettes: crops keep at least half of the picture (the paper's
-# crops of down to 8% leave a few strokes, and prompt learning then collapses
-# below chance on the test images) and no mirroring (a mirrored digit is
-# another shape).
+# digits and silhouettes: crops keep at least half of the picture (the
+# paper's crops of down to 8% leave a few strokes) and no mirroring (a
+# mirrored digit is another shape).
 DEMO_SETTINGS = {
     "backbone": BACKBONE,
     "methods": ["zeroshot", "coop", "cocoop"],
