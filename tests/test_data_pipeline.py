@@ -253,3 +253,19 @@ def test_crop_scale_and_flip_options(tmp_path):
     for bad in ((0.0, 1.0), (0.9, 0.5), (0.5, 1.5)):
         with pytest.raises(ValueError, match="crop_scale"):
             ds.to_tf_dataset("train", 8, training=True, crop_scale=bad)
+
+
+def test_pipelines_declare_their_length(folder):
+    import keras
+
+    ds = load_dataset(folder)  # 12 training images
+    train = ds.to_tf_dataset("train", 5, training=True, image_size=8, seed=0)
+    assert len(train) == 3 and len(ds.to_tf_dataset("train", 5, training=True, image_size=8, drop_remainder=True)) == 2
+    assert len(ds.to_tf_dataset("test", 4, training=False, image_size=8)) == 2
+    assert sum(1 for _ in train) == 3
+    # fit counts exactly one optimiser step per batch, so schedules that step per
+    # epoch (paper_optimizer) stay aligned with the epochs.
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train, epochs=4, verbose=0)
+    assert int(model.optimizer.iterations) == 4 * 3

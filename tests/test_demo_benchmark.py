@@ -97,7 +97,8 @@ def test_files_are_written_once_and_rebuilt_when_outdated(data_root, dataset):
     assert benchmark.materialize(data_root) == folder
     assert os.path.getmtime(split_file) == written
     with open(split_file) as f:
-        assert [len(json.load(f)[s]) for s in ("train", "val", "test")] == [1000, 400, 2000]
+        split = json.load(f)
+    assert [len(split[s]) for s in ("train", "val", "test")] == [1000, 400, 2000]
     # A cache from another version of the benchmark is replaced, not reused.
     manifest = os.path.join(folder, benchmark.MANIFEST_FILE)
     with open(manifest) as f:

@@ -405,10 +405,11 @@ def test_class_specific_coop_serves_only_its_classes(clip):
         serve(images, serving_token_ids(model, ["x", "y"]))
 
 
-def test_zero_shot_takes_one_template(clip):
+def test_zero_shot_takes_one_template(clip, tmp_path):
     model = cocoop_tf.ZeroShotCLIP(clip, ["cat"], template=["a photo of a {}.", "art of a {}."])
     with pytest.raises(ValueError, match="ensembles 2 templates"):
-        export_saved_model(model, "unused")
+        export_saved_model(model, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # nothing written for a refused model
     single = cocoop_tf.ZeroShotCLIP(clip, ["cat"], template="art of a {}.")
     assert (serving_token_ids(single, ["cat"]) == cocoop_tf.tokenize(["art of a cat."])).all()
 

@@ -80,11 +80,14 @@ def check_reports(folder, results):
 
 def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("shots: 2\nepochs: 3\nbatch-size: 2\neval_batch_size: 8\nbackbone: random_tiny\n")
+    config.write_text(
+        "shots: 2\nepochs: 3\nbatch-size: 2\neval_batch_size: 8\nbackbone: random_tiny\n"
+        "crop-scale: [0.5, 1]\nflip: false\n"
+    )
     output = tmp_path / "run"
     result = cli(
         "base2new", "--dataset", "oxford_pets", "--data-root", data_root, "--config", config,
-        "--epochs", 2, "--seeds", 1, 2, "--crop-scale", 0.5, 1, "--no-flip", "--output", output,
+        "--epochs", 2, "--seeds", 1, 2, "--no-flip", "--output", output,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((output / "results.json").read_text())
@@ -157,11 +160,19 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
 
 
 def test_cross_dataset_transfer(data_root, tmp_path):
-    config = RunConfig(**FAST, methods=["zeroshot", "cocoop"], seeds=[1], data_root=data_root)
-    results = run_protocol(
-        "cross-dataset", config, tmp_path, source="caltech101",
-        evaluations=[("caltech101", "all"), ("oxford_pets", "all")], log=lambda *a: None,
-    )
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend
+    try:
+        config = RunConfig(**FAST, methods=["zeroshot", "cocoop"], seeds=[1], data_root=data_root)
+        results = run_protocol(
+            "cross-dataset", config, tmp_path, source="caltech101",
+            evaluations=[("caltech101", "all"), ("oxford_pets", "all")], log=lambda *a: None,
+        )
+        assert matplotlib.get_backend() == "svg"  # writing results.png left the backend alone
+    finally:
+        matplotlib.use(previous)
     assert results["evaluations"] == ["caltech101", "oxford_pets"]
     assert results["targets"] == ["oxford_pets"]
     assert results["classes"] == {"caltech101": CALTECH, "oxford_pets": PETS}

@@ -253,7 +253,7 @@ class ImageDataset:
         """A `tf.data.Dataset` of (images, labels) for one split.
 
         Images are float32 pixel values 0..255, [B, image_size, image_size, 3];
-        labels int32 [B]. Training: shuffled each epoch, random resized crop
+        labels int32 [B]; `len()` is the number of batches. Training: shuffled each epoch, random resized crop
         (scale 0.08-1, aspect 3/4-4/3, bicubic) and horizontal flip.
         Evaluation: short side resized to `image_size` (bicubic), centre
         crop, in the order of `items(split)` (unless images are skipped).
@@ -275,7 +275,8 @@ class ImageDataset:
                 `seed` is None); for tests and audits.
             skip_corrupt: skip images that cannot be decoded, printing a
                 warning that names each; by default such an image stops the
-                pipeline with an error naming the file.
+                pipeline with an error naming the file. The pipeline's length
+                is then unknown: give `fit` a `steps_per_epoch`.
             drop_remainder: drop the last, smaller batch.
             reshuffle_each_iteration: training only; True draws a new order
                 and new augmentations on every pass (epoch); False repeats

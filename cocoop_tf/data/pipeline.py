@@ -152,7 +152,14 @@ def make_pipeline(
         return image, label
 
     batches = decoded.map(transform, num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    batches = batches.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    batches = batches.batch(batch_size, drop_remainder=drop_remainder)
+    if not skip_corrupt:
+        # Declared, so that `len()` works and Keras' `fit` knows where an epoch
+        # ends (it would otherwise count one more optimiser step each epoch,
+        # and the per-epoch learning-rate schedule would drift).
+        count = num_records // batch_size if drop_remainder else -(-num_records // batch_size)
+        batches = batches.apply(tf.data.experimental.assert_cardinality(count))
+    batches = batches.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = ordered
     return batches.with_options(options)

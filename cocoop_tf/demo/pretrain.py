@@ -176,7 +176,9 @@ class ContrastiveTrainer:
         embedding = backbone.text_encoder.embedding.token_embedding.embeddings
         self.full_table = embedding
         self.rows = keras.Variable(np.asarray(embedding)[self.token_ids], name="caption_token_embeddings")
-        compact = np.full(embedding.shape[0], -1, np.int32)
+        # Ids that no caption uses (the padding after an end token) read row 0:
+        # nothing after the end token reaches its feature in a causal model.
+        compact = np.zeros(embedding.shape[0], np.int32)
         compact[self.token_ids] = np.arange(len(self.token_ids))
         self.compact_index = tf.constant(compact)
         self.normalization = CLIPImageNormalization(backbone.vision_encoder.image_shape[0])

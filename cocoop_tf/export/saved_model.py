@@ -38,6 +38,7 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}.")
+    info = model_info(model)  # rejects a model that cannot be exported, before any file is written
     path = os.path.join(os.fspath(export_dir), str(version))
     if os.path.exists(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(
@@ -53,7 +54,7 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
         write_saved_model(model, staging)
         os.makedirs(os.path.join(staging, os.path.dirname(INFO_FILE)))
         with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(model_info(model), f, indent=2)
+            json.dump(info, f, indent=2)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.rename(staging, path)

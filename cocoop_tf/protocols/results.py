@@ -165,10 +165,9 @@ def write_csv(path, results):
 
 def plot(path, results):
     """Grouped bars per evaluation and method, std as error bars, the paper's as markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: no GUI backend is needed, and the
+    # caller's backend (a notebook's inline plots) is left alone.
+    from matplotlib.figure import Figure
 
     columns = _columns(results)
     methods = list(results["summary"])
@@ -176,7 +175,8 @@ def plot(path, results):
     width = 0.8 / len(methods)
     positions = np.arange(len(columns))
     paper_label = "paper"
-    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(columns) + 2), 3.6), dpi=120)
+    figure = Figure(figsize=(max(5, 1.3 * len(columns) + 2), 3.6), dpi=120)
+    axes = figure.subplots()
     for i, method in enumerate(methods):
         entry = results["summary"][method]
         heights = [entry[key].get("of_means", entry[key]["mean"]) for key, _ in columns]
@@ -199,4 +199,3 @@ def plot(path, results):
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
