@@ -132,3 +132,26 @@ def test_xla_training_and_evaluation_match_eager(clip, rng):
 def test_bad_mode(clip):
     with pytest.raises(ValueError, match="mode must be 'efficient' or 'reference'"):
         cocoop_tf.layers.PromptTextEncoder(clip.text_encoder, clip.text_projection, mode="fast")
+
+
+def test_fixed_class_sets_are_sorted_and_chunked_inside_fit_and_eagerly(clip, rng, monkeypatch):
+    """Keras turns NumPy arguments into tensors; the chunked path must still run."""
+    from cocoop_tf.layers import PromptTextEncoder
+
+    chunks = []
+    encode = PromptTextEncoder._encode
+    monkeypatch.setattr(
+        PromptTextEncoder, "_encode",
+        lambda self, context, token_ids, classes=None: chunks.append(classes) or encode(self, context, token_ids, classes),
+    )
+    model = cocoop_tf.CoCoOp(clip, _classnames(7, rng), reduction=4)
+    model.prompt_text_encoder.class_chunk_size = 3
+    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    model(images)
+    assert chunks and len(chunks) % 3 == 0  # each call: 3 chunks of at most 3 classes
+    assert sorted(np.concatenate(chunks[:3]).tolist()) == list(range(7))
+    chunks.clear()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, np.array([0, 1]), epochs=1, verbose=0)  # traced in a tf.function
+    assert chunks and len(chunks) % 3 == 0
+    assert sorted(np.concatenate(chunks[:3]).tolist()) == list(range(7))

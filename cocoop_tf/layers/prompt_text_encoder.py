@@ -72,6 +72,9 @@ class PromptTextEncoder(keras.layers.Layer):
         if self.mode == "reference":
             token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
             return self._encode_full(context, token_ids)
+        # Keras hands `call` tensors, also for a NumPy class set: recover its
+        # value (a constant) so that classes can be sorted and chunked.
+        class_token_ids = _fixed_value(class_token_ids)
         if not isinstance(class_token_ids, np.ndarray):
             # A class set known only at run time: one chunk, cut after its last end token.
             token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
@@ -186,6 +189,23 @@ class PromptTextEncoder(keras.layers.Layer):
         for key in ("text_encoder", "text_projection"):
             config[key] = keras.layers.deserialize(config[key])
         return cls(**config)
+
+
+def _fixed_value(token_ids):
+    """The token ids as a NumPy array when their value is fixed, else as given.
+
+    A NumPy array, or a TensorFlow constant (what Keras makes of a NumPy
+    argument, eagerly or inside `fit`'s graph), has a fixed value; graph
+    inputs (an exported signature's token ids) do not.
+    """
+    if isinstance(token_ids, np.ndarray) or keras.backend.backend() != "tensorflow":
+        return token_ids
+    import tensorflow as tf
+
+    if not tf.is_tensor(token_ids):
+        return token_ids
+    value = tf.get_static_value(token_ids)
+    return token_ids if value is None else np.asarray(value)
 
 
 def transformer_block(block, x, attention_mask):
