@@ -120,8 +120,10 @@ def measure_step(mode, batch, num_classes, threads, repeats):
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
-    step()  # trace and warm up
+    # The peak includes the first step: later steps reuse the memory it took,
+    # so sampling only after it would miss the activations.
     with PeakMemory() as memory:
+        step()  # trace and warm up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -141,8 +143,8 @@ def measure_eval(batch, num_classes, threads, repeats):
     model = cocoop_tf.CoCoOp(_backbone(), classnames(num_classes))
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)), tf.float32)
     forward = tf.function(lambda: model(images))
-    forward()
     with PeakMemory() as memory:
+        forward()  # trace and warm up
         start = time.perf_counter()
         for _ in range(repeats):
             forward().numpy()
