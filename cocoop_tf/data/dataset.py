@@ -14,6 +14,7 @@ from cocoop_tf.data.pipeline import make_pipeline
 from cocoop_tf.data.sources import SPLITS
 from cocoop_tf.data.sources import benchmark_source
 from cocoop_tf.data.sources import folder_source
+from cocoop_tf.data.transforms import check_crop_scale
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
 # Built by this package from images that its dependencies ship (cocoop_tf.demo).
@@ -253,8 +254,9 @@ class ImageDataset:
         """A `tf.data.Dataset` of (images, labels) for one split.
 
         Images are float32 pixel values 0..255, [B, image_size, image_size, 3];
-        labels int32 [B]; `len()` is the number of batches. Training: shuffled each epoch, random resized crop
-        (scale 0.08-1, aspect 3/4-4/3, bicubic) and horizontal flip.
+        labels int32 [B]; `len()` is the number of batches. Training:
+        shuffled each epoch, random resized crop (scale 0.08-1 by default,
+        aspect 3/4-4/3, bicubic) and horizontal flip.
         Evaluation: short side resized to `image_size` (bicubic), centre
         crop, in the order of `items(split)` (unless images are skipped).
         Decoding (JPEG, PNG, grey, CMYK, alpha) runs in parallel, batches
@@ -294,12 +296,7 @@ class ImageDataset:
         Returns:
             A `tf.data.Dataset`.
         """
-        low, high = crop_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(
-                f"crop_scale={tuple(crop_scale)} is not an area range: pass (low, high) "
-                "with 0 < low <= high <= 1, e.g. the paper's (0.08, 1.0)."
-            )
+        crop_scale = check_crop_scale(crop_scale)
         items = self.items(split)
         if not items:
             raise ValueError(
@@ -323,7 +320,7 @@ class ImageDataset:
             skip_corrupt=skip_corrupt,
             drop_remainder=drop_remainder,
             reshuffle_each_iteration=reshuffle_each_iteration,
-            crop_scale=(float(low), float(high)),
+            crop_scale=crop_scale,
             flip=flip,
         )
 

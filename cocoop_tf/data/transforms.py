@@ -144,6 +144,29 @@ def random_crop_window(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 /
     return top, left, crop_height, crop_width
 
 
+def check_crop_scale(crop_scale):
+    """Validates a random resized crop's area range.
+
+    Args:
+        crop_scale: `(low, high)`, the crop's area as a fraction of the image's.
+
+    Returns:
+        `(low, high)` as floats.
+
+    Raises:
+        ValueError: unless `0 < low <= high <= 1`.
+    """
+    if (
+        not isinstance(crop_scale, (list, tuple)) or len(crop_scale) != 2
+        or not 0 < crop_scale[0] <= crop_scale[1] <= 1
+    ):
+        raise ValueError(
+            f"crop_scale must be [low, high] with 0 < low <= high <= 1 (the paper's: 0.08, 1.0), "
+            f"got {crop_scale!r}."
+        )
+    return float(crop_scale[0]), float(crop_scale[1])
+
+
 def random_resized_crop(image, size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """CLIP's training crop: a random window (as torchvision), bicubic resize.
 

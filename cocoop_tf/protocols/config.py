@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 
+from cocoop_tf.data.transforms import check_crop_scale
+
 METHODS = ("zeroshot", "coop", "cocoop")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
@@ -109,14 +111,7 @@ class RunConfig:
             self.n_ctx = words
         elif not self.n_ctx or self.n_ctx < 1:
             raise ValueError("Without ctx_init, give the number of context vectors n_ctx >= 1.")
-        if (
-            not isinstance(self.crop_scale, (list, tuple)) or len(self.crop_scale) != 2
-            or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
-        ):
-            raise ValueError(
-                f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale!r}."
-            )
-        self.crop_scale = [float(v) for v in self.crop_scale]
+        self.crop_scale = list(check_crop_scale(self.crop_scale))
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
         if self.strategy not in (None, *STRATEGIES):
