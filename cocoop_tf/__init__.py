@@ -5,13 +5,17 @@ All models take RGB images as pixel values 0..255, shape
 inside the graph.
 """
 
-from cocoop_tf import export
-from cocoop_tf.clip import load_clip
-from cocoop_tf.clip import tokenize
-from cocoop_tf.clip import tokenize_classnames
-from cocoop_tf.models import CoCoOp
-from cocoop_tf.models import CoOp
-from cocoop_tf.models import ZeroShotCLIP
-from cocoop_tf.training import paper_optimizer
+from cocoop_tf._startup import import_tensorflow
+
+import_tensorflow()
+
+from cocoop_tf import export  # noqa: E402
+from cocoop_tf.clip import load_clip  # noqa: E402
+from cocoop_tf.clip import tokenize  # noqa: E402
+from cocoop_tf.clip import tokenize_classnames  # noqa: E402
+from cocoop_tf.models import CoCoOp  # noqa: E402
+from cocoop_tf.models import CoOp  # noqa: E402
+from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
+from cocoop_tf.training import paper_optimizer  # noqa: E402
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import warnings
 
 
 def _add_zeroshot(subparsers):
@@ -13,8 +14,10 @@ def _add_zeroshot(subparsers):
     )
     parser.add_argument(
         "--backbone", required=True,
-        help="CLIP source: keras-hub preset name or folder, Hugging Face "
-        "CLIPModel folder, OpenAI .pt/.safetensors file, or random_tiny",
+        help="CLIP source: keras-hub preset name (e.g. clip_vit_base_patch16) or folder, "
+        "Hugging Face CLIPModel folder, OpenAI .pt/.safetensors file, mini_clip (the "
+        "demo's small CLIP, bundled: it knows only the demo's words), or random_tiny / "
+        "random_vit_b16 (random weights, for tests)",
     )
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--classnames", nargs="+", help="class names")
@@ -83,7 +86,9 @@ def _add_export(subparsers):
         "tflite: the .tflite file",
     )
     parser.add_argument("--version", type=int, default=1, help="saved_model version folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing version or .tflite file"
+    )
     parser.add_argument(
         "--quantize", choices=["dynamic", "float16"],
         help="tflite only: dynamic-range (int8 weights) or float16 weights",
@@ -94,6 +99,10 @@ def _add_export(subparsers):
     parser.add_argument(
         "--method", choices=["cocoop", "coop"],
         help="prompt checkpoints: the method (default: the one recorded in the file)",
+    )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="prompt checkpoints: load one trained on a backbone with other weights",
     )
     parser.set_defaults(run=run_export)
 
@@ -106,11 +115,14 @@ def run_export(args):
 
     if args.quantize and args.format != "tflite":
         raise ValueError("--quantize applies to --format tflite only.")
-    model = load_model(args.model, backbone=args.backbone, method=args.method)
-    if args.format == "saved_model":
-        path = export_saved_model(model, args.output, args.version, overwrite=args.overwrite)
-    else:
-        path = export_tflite(model, args.output, quantize=args.quantize)
+    model = load_model(args.model, backbone=args.backbone, method=args.method, force=args.force)
+    try:
+        if args.format == "saved_model":
+            path = export_saved_model(model, args.output, args.version, overwrite=args.overwrite)
+        else:
+            path = export_tflite(model, args.output, quantize=args.quantize, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise FileExistsError(str(error).replace("overwrite=True", "--overwrite")) from None
     info = model_info(model)
     size = info["image_size"]
     print(f"Exported {info['method']} to {path}")
@@ -130,45 +142,25 @@ CROSS_DATASET_TARGETS = [
 DOMAIN_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 
 
-def _add_run_options(parser, methods_default=None):
+def _add_run_options(parser, methods_default=None, training=True):
     """Flags shared by the protocol commands; every default is the paper's (RunConfig)."""
     parser.add_argument("--output", required=True, help="folder for checkpoints, logs and results")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output")
     parser.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     parser.add_argument("--backbone", help="CLIP source (see zeroshot --help)")
     parser.add_argument("--data-root", help="folder holding the datasets (CoOp's $DATA)")
-    parser.add_argument(
-        "--methods", nargs="+", choices=["zeroshot", "coop", "cocoop"],
-        help=f"methods to run (default: {' '.join(methods_default or ['zeroshot', 'coop', 'cocoop'])})",
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3)")
-    parser.add_argument("--shots", type=int, help="training images per class (default: 16)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: 10)")
-    parser.add_argument("--batch-size", type=int, help="global training batch size (default: 1)")
+    if training:
+        parser.add_argument(
+            "--methods", nargs="+", choices=["zeroshot", "coop", "cocoop"],
+            help=f"methods to run (default: {' '.join(methods_default or ['zeroshot', 'coop', 'cocoop'])})",
+        )
+        _add_training_options(parser)
     parser.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 100)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
-    parser.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
-    parser.add_argument("--weight-decay", type=float, help="L2 coefficient (default: 5e-4)")
-    parser.add_argument("--warmup-epochs", type=int, help="constant warm-up epochs (default: 1)")
-    parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
-    parser.add_argument("--n-ctx", type=int, help="context vectors (default: ctx-init's words, 4)")
-    parser.add_argument(
-        "--ctx-init", help='initial context words (default: "a photo of a"; "none": random)'
-    )
-    parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
-    parser.add_argument(
-        "--class-specific", action="store_true", default=None,
-        help="CoOp with one context per class (train/evaluate on the same classes only)",
-    )
     parser.add_argument("--templates", nargs="+", help="zero-shot templates (default: the dataset's)")
     parser.add_argument("--image-size", type=int, help="input side (default: the backbone's)")
     parser.add_argument(
-        "--crop-scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
-        help="area range of the training crop (default: 0.08 1.0, the paper's)",
-    )
-    parser.add_argument(
-        "--no-flip", dest="flip", action="store_false", default=None,
-        help="no random horizontal flip in training (for digits, text, ...)",
+        "--skip-corrupt", action="store_true", default=None,
+        help="leave unreadable images out, naming each (default: stop before the run starts)",
     )
     parser.add_argument(
         "--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
@@ -189,8 +181,40 @@ def _add_run_options(parser, methods_default=None):
         parser.set_defaults(methods_default=methods_default)
 
 
+def _add_training_options(parser):
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3)")
+    parser.add_argument("--shots", type=int, help="training images per class (default: 16)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: 10)")
+    parser.add_argument("--batch-size", type=int, help="global training batch size (default: 1)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
+    parser.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    parser.add_argument("--weight-decay", type=float, help="L2 coefficient (default: 5e-4)")
+    parser.add_argument(
+        "--warmup-epochs", type=int,
+        help="constant warm-up epochs (default: 1; 0 for no warm-up, e.g. with --epochs 1)",
+    )
+    parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
+    parser.add_argument("--n-ctx", type=int, help="context vectors (default: ctx-init's words, 4)")
+    parser.add_argument(
+        "--ctx-init", help='initial context words (default: "a photo of a"; "none": random)'
+    )
+    parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
+    parser.add_argument(
+        "--class-specific", action="store_true", default=None,
+        help="CoOp with one context per class (train/evaluate on the same classes only)",
+    )
+    parser.add_argument(
+        "--crop-scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="area range of the training crop (default: 0.08 1.0, the paper's)",
+    )
+    parser.add_argument(
+        "--no-flip", dest="flip", action="store_false", default=None,
+        help="no random horizontal flip in training (for digits, text, ...)",
+    )
+
+
 _PROTOCOL_FLAGS = {"output", "resume", "config", "command", "run", "methods_default",
-                   "dataset", "source", "targets", "subset", "prompts", "default_targets"}
+                   "dataset", "source", "targets", "subset", "prompts", "default_targets", "force"}
 
 
 def _config(args, extra_keys=()):
@@ -299,12 +323,17 @@ def _add_evaluate(subparsers):
         "evaluate",
         help="test prompt checkpoints (or zero-shot CLIP) on a dataset",
         description="Evaluates prompt checkpoints written by train/base2new (--prompts), or "
-        "zero-shot CLIP without them, on the test split of a dataset's classes.",
+        "zero-shot CLIP without them, on the test split of a dataset's classes. A prompt "
+        "brings the settings it was trained with; results.md states them.",
     )
     parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
     parser.add_argument("--subset", choices=["all", "base", "new"], help="classes (default: all)")
     parser.add_argument("--prompts", nargs="+", help="prompt checkpoints (.safetensors)")
-    _add_run_options(parser, methods_default=["zeroshot"])
+    parser.add_argument(
+        "--force", action="store_true",
+        help="evaluate prompts trained on a backbone with other weights (refused by default)",
+    )
+    _add_run_options(parser, methods_default=["zeroshot"], training=False)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -312,10 +341,11 @@ def run_evaluate(args):
     from cocoop_tf.protocols import run_protocol
 
     config, extra = _config(args, ("dataset", "subset"))
+    config.methods = ["zeroshot"]  # without --prompts, evaluate is zero-shot CLIP
     dataset = _required(extra, "dataset", "--dataset")
     run_protocol(
         "evaluate", config, args.output, evaluations=[(dataset, extra.get("subset") or "all")],
-        prompts=args.prompts or (), resume=args.resume,
+        prompts=args.prompts or (), resume=args.resume, force=args.force,
     )
     return 0
 
@@ -363,9 +393,18 @@ def build_parser():
     return parser
 
 
+def _one_line_warnings(command):
+    """Warnings as one line each, `cocoop-tf COMMAND: warning: ...`, without source lines."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cocoop-tf {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    _one_line_warnings(args.command)
     try:
         return args.run(args)
     except KeyboardInterrupt:

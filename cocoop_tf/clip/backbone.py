@@ -1,6 +1,7 @@
 """Frozen CLIP backbones (keras-hub's `CLIPBackbone`) built from an architecture."""
 
 import dataclasses
+import hashlib
 import math
 
 import keras
@@ -227,3 +228,25 @@ def freeze(backbone):
     """Marks every weight of the backbone non-trainable and returns it."""
     backbone.trainable = False
     return backbone
+
+
+def fingerprint(backbone):
+    """A short digest of the backbone's weights, to tell which CLIP a prompt was trained on.
+
+    Two backbones of the same widths but other weights (another checkpoint,
+    another seed) get different fingerprints; the same weights, from any
+    checkpoint format, get the same one.
+
+    Args:
+        backbone: a `keras_hub.models.CLIPBackbone`.
+
+    Returns:
+        16 hexadecimal digits: the start of the BLAKE2b digest of every
+        weight's float32 values, in the backbone's weight order.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for weight in backbone.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), np.float32)
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

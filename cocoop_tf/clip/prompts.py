@@ -1,11 +1,17 @@
 """Class names and prompt texts, tokenised as the models use them."""
 
+import collections
+
 from cocoop_tf.clip.tokenizer import encode
 from cocoop_tf.clip.tokenizer import tokenize
 
 
 def clean_classnames(classnames):
     """Validates class names and turns underscores into spaces, as CoOp does.
+
+    The one place where names are cleaned: datasets (`ImageDataset.classnames`),
+    models, results files and tables all hold the cleaned form, which is
+    what the paper prints; cleaning a cleaned name changes nothing.
 
     Args:
         classnames: a non-empty sequence of non-empty strings.
@@ -26,7 +32,7 @@ def clean_classnames(classnames):
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"Invalid class name {name!r}: expected a non-empty string.")
         cleaned.append(name.replace("_", " ").strip())
-    duplicates = sorted({n for n in cleaned if cleaned.count(n) > 1})
+    duplicates = sorted(n for n, count in collections.Counter(cleaned).items() if count > 1)
     if duplicates:
         raise ValueError(f"Duplicate class names: {duplicates}.")
     return cleaned

@@ -8,6 +8,7 @@ import random
 import re
 import warnings
 
+from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.data.benchmarks import BENCHMARKS
 from cocoop_tf.data.benchmarks import find_benchmark
 from cocoop_tf.data.pipeline import make_pipeline
@@ -93,7 +94,9 @@ class ImageDataset:
 
     Attributes:
         name: the dataset's name.
-        classnames: class names in label order (of this view).
+        classnames: class names in label order (of this view), as the paper
+            prints them and the models use them: underscores become spaces
+            (`source.classnames` keeps the names the files use).
         template: the zero-shot prompt template, e.g. "a photo of a {}.".
         train, val, test: lists of `Item(path, label)`.
         shots, seed: the few-shot view's parameters (None for all images).
@@ -123,7 +126,7 @@ class ImageDataset:
 
     @property
     def classnames(self):
-        return [self.source.classnames[label] for label in self._labels]
+        return clean_classnames([self.source.classnames[label] for label in self._labels])
 
     @property
     def num_classes(self):
@@ -233,6 +236,23 @@ class ImageDataset:
             )
         return ImageDataset(
             self.source, shots=self.shots, seed=self.seed, subset=subset, chosen=self._chosen
+        )
+
+    def without(self, paths):
+        """This view without the images at `paths` (e.g. corrupt files), in every split.
+
+        Args:
+            paths: file paths of items to leave out.
+
+        Returns:
+            A new `ImageDataset`.
+        """
+        paths = set(paths)
+        if not paths:
+            return self
+        chosen = {split: [i for i in items if i.path not in paths] for split, items in self._chosen.items()}
+        return ImageDataset(
+            self.source.without(paths), shots=self.shots, seed=self.seed, subset=self.subset, chosen=chosen
         )
 
     def to_tf_dataset(

@@ -54,6 +54,12 @@ class Source:
         """The items of one split ("train", "val" or "test"), a list of `Item`."""
         return self._splits[split]
 
+    def without(self, paths):
+        """A copy of this source without the items at `paths` (e.g. corrupt files)."""
+        paths = set(paths)
+        splits = {split: [i for i in self._splits[split] if i.path not in paths] for split in SPLITS}
+        return Source(self.name, self.classnames, splits, self.template, self.root)
+
     def key(self, item):
         """The item's path as recorded in split and few-shot files."""
         if self.root is None:
@@ -132,7 +138,26 @@ def read_split_file(split_file, image_dir):
             items.append(Item(os.path.join(image_dir, path), int(label)))
             names.setdefault(int(label), classname)
         splits[split] = items
+    check_files_exist(splits, split_file, image_dir)
     return _label_order(names, split_file), splits
+
+
+def check_files_exist(splits, listed_in, image_dir):
+    """Raises FileNotFoundError when a split lists image files that are not there.
+
+    Args:
+        splits: dict from split name to a list of `Item`.
+        listed_in: the file that lists them (named in the message).
+        image_dir: the folder the listed paths are relative to.
+    """
+    missing = [item.path for items in splits.values() for item in items if not os.path.isfile(item.path)]
+    if missing:
+        raise FileNotFoundError(
+            f"{listed_in} lists {len(missing)} image file(s) that are missing, e.g. "
+            f"{missing[0]}. The paths are relative to {image_dir}: put the images "
+            "there (CoOp's DATASETS.md gives each dataset's layout), or use a split "
+            "file that matches your copy."
+        )
 
 
 def _label_order(names, where):
@@ -172,6 +197,7 @@ def read_aircraft(folder, image_dir):
                     raise ValueError(f"{path!r}: variant {variant!r} is not in variants.txt.")
                 items.append(Item(os.path.join(image_dir, image_id + ".jpg"), labels[variant]))
         splits[split] = items
+    check_files_exist(splits, os.path.join(folder, "images_variant_*.txt"), image_dir)
     return classnames, splits
 
 
@@ -212,7 +238,14 @@ def read_class_folders(image_dir, classnames=None):
             )
     items = []
     for label, folder in enumerate(folders):
-        items += [Item(p, label) for p in list_images(os.path.join(image_dir, folder))]
+        images = list_images(os.path.join(image_dir, folder))
+        if not images:
+            raise ValueError(
+                f"The class folder {os.path.join(image_dir, folder)} holds no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}): remove it, or put its images in it. "
+                "An empty folder would be a class no image can teach or test."
+            )
+        items += [Item(p, label) for p in images]
     names = [classnames[f] if classnames is not None else f for f in folders]
     return names, items
 

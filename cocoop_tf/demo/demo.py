@@ -96,7 +96,7 @@ def export_and_classify(run_folder, output, config, data_root, log=print):
     token_ids = serving_token_ids(model, dataset.classnames)
 
     saved_model = export_saved_model(model, os.path.join(output, "saved_model", "cocoop"), overwrite=True)
-    tflite_path = export_tflite(model, os.path.join(output, "cocoop.tflite"))
+    tflite_path = export_tflite(model, os.path.join(output, "cocoop.tflite"), overwrite=True)
     log(f"Exported CoCoOp (seed 1) to {saved_model} (TF Serving layout) and {tflite_path}")
 
     served = tf.saved_model.load(saved_model).signatures["serving_default"]

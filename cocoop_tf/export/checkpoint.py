@@ -12,7 +12,7 @@ from cocoop_tf.models.prompt_learning import read_prompt
 METHODS = {"cocoop": CoCoOp, "coop": CoOp}
 
 
-def load_model(path, backbone=None, method=None):
+def load_model(path, backbone=None, method=None, force=False):
     """Loads a trained model from a `.keras` file or a prompt checkpoint.
 
     Args:
@@ -23,6 +23,8 @@ def load_model(path, backbone=None, method=None):
             of the backbone it was trained on.
         method: for a prompt checkpoint, `"cocoop"` or `"coop"`; default the
             method recorded in the checkpoint.
+        force: load a prompt checkpoint trained on a backbone with other
+            weights anyway (see `load_prompt`).
 
     Returns:
         The model, with the classes it was trained on.
@@ -48,7 +50,7 @@ def load_model(path, backbone=None, method=None):
             method = recorded.lower()
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; expected one of {sorted(METHODS)}.")
-        return METHODS[method].from_prompt(load_clip(backbone), path)
+        return METHODS[method].from_prompt(load_clip(backbone), path, force=force)
     raise ValueError(
         f"Cannot load {path!r}: expected a .keras file (model.save) or a "
         ".safetensors prompt checkpoint (model.save_prompt)."

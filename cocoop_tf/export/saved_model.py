@@ -8,6 +8,7 @@ import tempfile
 import keras
 
 from cocoop_tf.export.signatures import model_info
+from cocoop_tf.files import make_public_folder
 from cocoop_tf.export.signatures import serving_functions
 
 INFO_FILE = os.path.join("assets.extra", "cocoop_tf.json")
@@ -50,6 +51,7 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
     # and move the finished export into place.
     os.makedirs(export_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
+    make_public_folder(staging)
     try:
         write_saved_model(model, staging)
         os.makedirs(os.path.join(staging, os.path.dirname(INFO_FILE)))

@@ -6,11 +6,12 @@ import tempfile
 import tensorflow as tf
 
 from cocoop_tf.export.saved_model import write_saved_model
+from cocoop_tf.files import write_bytes
 
 QUANTIZATIONS = (None, "dynamic", "float16")
 
 
-def export_tflite(model, path, quantize=None):
+def export_tflite(model, path, quantize=None, overwrite=False):
     """Converts `model` to a TFLite flatbuffer with the SavedModel's signatures.
 
     The signatures (`serving_default`, `image_features`, and for CoOp and
@@ -29,12 +30,16 @@ def export_tflite(model, path, quantize=None):
         quantize: None for float32; `"dynamic"` for dynamic-range
             quantisation (int8 weights, about 4x smaller); `"float16"` for
             float16 weights (2x smaller, computed in float32 on CPU).
+        overwrite: replace an existing file.
 
     Returns:
         The path written.
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it.")
     with tempfile.TemporaryDirectory() as saved_model_dir:
         signature_keys = write_saved_model(model, saved_model_dir, dynamic_image_shape=True)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -46,7 +51,5 @@ def export_tflite(model, path, quantize=None):
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         flatbuffer = converter.convert()
-    path = os.fspath(path)
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+    write_bytes(path, flatbuffer)
     return path

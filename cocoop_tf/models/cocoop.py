@@ -52,8 +52,8 @@ class CoCoOp(PromptLearningModel):
         logits = ops.einsum("bd,bcd->bc", image_features, text_features)
         return self.logit_scale(logits.dtype) * logits
 
-    def _prompt_metadata(self):
-        return {**super()._prompt_metadata(), "reduction": str(self.reduction)}
+    def _prompt_metadata(self, training=None):
+        return {**super()._prompt_metadata(training), "reduction": str(self.reduction)}
 
     @classmethod
     def _constructor_options(cls, metadata):

@@ -6,9 +6,11 @@ import warnings
 import keras
 import numpy as np
 
+from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.prompts import tokenize_classnames
 from cocoop_tf.clip.tokenizer import encode
+from cocoop_tf.files import save_safetensors
 from cocoop_tf.layers.prompt_learner import PromptLearner
 from cocoop_tf.models.clip_classifier import CLIPClassifier
 
@@ -89,8 +91,8 @@ class PromptLearningModel(CLIPClassifier):
 
     # --- prompt checkpoints --------------------------------------------------------
 
-    def _prompt_metadata(self):
-        return {
+    def _prompt_metadata(self, training=None):
+        metadata = {
             "format": PROMPT_FORMAT,
             "method": type(self).__name__,
             "n_ctx": str(self.n_ctx),
@@ -99,31 +101,48 @@ class PromptLearningModel(CLIPClassifier):
             "class_specific": str(self.class_specific),
             "ctx_init": self.ctx_init or "",
             "classnames": json.dumps(self.classnames),
+            "backbone": self.backbone_fingerprint,
         }
+        if training is not None:
+            metadata["training"] = json.dumps(training)
+        return metadata
 
-    def save_prompt(self, path):
+    @property
+    def backbone_fingerprint(self):
+        """`cocoop_tf.clip.backbone.fingerprint` of the frozen backbone, computed once."""
+        if getattr(self, "_backbone_fingerprint", None) is None:
+            self._backbone_fingerprint = fingerprint(self.clip)
+        return self._backbone_fingerprint
+
+    def save_prompt(self, path, training=None):
         """Writes only the learned weights (context, Meta-Net) to a safetensors file.
 
         About 140 KB for ViT-B/16; apply it to a separately loaded backbone
-        with `load_prompt` or `from_prompt`.
+        with `load_prompt` or `from_prompt`. The file also records the
+        model's settings and class names, a fingerprint of the backbone's
+        weights (a prompt means nothing on another CLIP), and optionally how
+        it was trained. It is written whole or not at all.
 
         Args:
             path: output file, conventionally `*.safetensors`.
+            training: optional JSON-able dict of the training settings
+                (dataset, shots, seed, epochs, ...), read back by
+                `read_prompt` and reported when the prompt is evaluated.
         """
-        from safetensors.numpy import save_file
-
         tensors = {v.path: np.asarray(v) for v in self.trainable_weights}
-        save_file(tensors, str(path), metadata=self._prompt_metadata())
+        save_safetensors(path, tensors, metadata=self._prompt_metadata(training))
 
-    def load_prompt(self, path):
+    def load_prompt(self, path, force=False):
         """Loads learned weights written by `save_prompt` into this model.
 
         Args:
             path: a prompt checkpoint file.
+            force: load a prompt trained on a backbone with other weights
+                (same widths) anyway, with a warning; by default refused.
 
         Raises:
             ValueError: the file was made for another method, context size,
-                or backbone width.
+                backbone width, or (without `force`) another backbone.
         """
         tensors, metadata = read_prompt(path)
         mine = self._prompt_metadata()
@@ -135,6 +154,21 @@ class PromptLearningModel(CLIPClassifier):
                     "Load it into a model built the same way, on a backbone of the "
                     "same widths."
                 )
+        trained_on = metadata.get("backbone")
+        if trained_on != mine["backbone"]:
+            problem = (
+                f"Prompt checkpoint {str(path)!r} was trained on another backbone (weights "
+                f"fingerprint {trained_on}; this backbone's is {mine['backbone']}), and its "
+                "context means nothing on other weights"
+                if trained_on else
+                f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on"
+            )
+            if not force:
+                raise ValueError(
+                    f"{problem}. Load the backbone it was trained on, or pass force=True "
+                    "(--force on the command line) to load it anyway."
+                )
+            warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=2)
         variables = {v.path: v for v in self.trainable_weights}
         if set(variables) != set(tensors):
             raise ValueError(
@@ -150,13 +184,14 @@ class PromptLearningModel(CLIPClassifier):
             variables[name].assign(value)
 
     @classmethod
-    def from_prompt(cls, clip, path, classnames=None, **kwargs):
+    def from_prompt(cls, clip, path, classnames=None, force=False, **kwargs):
         """Builds the model on `clip` with the learned weights of a prompt file.
 
         Args:
-            clip: a backbone of the widths the prompt was trained on.
+            clip: the backbone the prompt was trained on.
             path: a prompt checkpoint written by `save_prompt`.
             classnames: the classes to classify; default the training classes.
+            force: see `load_prompt`.
             **kwargs: further constructor arguments (e.g. `reduction`).
         """
         _, metadata = read_prompt(path)
@@ -167,13 +202,13 @@ class PromptLearningModel(CLIPClassifier):
             )
         model = cls(
             clip,
-            classnames or json.loads(metadata["classnames"]),
+            classnames or metadata["classnames"],
             n_ctx=int(metadata["n_ctx"]),
             ctx_init=metadata["ctx_init"] or None,
             **cls._constructor_options(metadata),
             **kwargs,
         )
-        model.load_prompt(path)
+        model.load_prompt(path, force=force)
         return model
 
     @classmethod
@@ -188,8 +223,15 @@ class PromptLearningModel(CLIPClassifier):
         return config
 
 
+REQUIRED_METADATA = ("method", "n_ctx", "ctx_dim", "vis_dim", "class_specific", "ctx_init", "classnames")
+
+
 def read_prompt(path):
-    """Reads a prompt checkpoint: (tensors by variable path, metadata)."""
+    """Reads a prompt checkpoint: (tensors by variable path, metadata).
+
+    In the metadata returned, "classnames" is a list and "training" (when
+    the file records it) a dict; every other value is the stored string.
+    """
     from safetensors import safe_open
 
     try:
@@ -202,4 +244,19 @@ def read_prompt(path):
         raise ValueError(f"{str(path)!r} is not a readable prompt checkpoint: {error}") from None
     if metadata.get("format") != PROMPT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a cocoop-tf prompt checkpoint.")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(
+            f"Prompt checkpoint {str(path)!r} lacks {', '.join(missing)} in its metadata; "
+            "it was not written by save_prompt. Train it again, or write it with save_prompt."
+        )
+    metadata = dict(metadata)
+    for key in ("classnames", "training"):
+        if key in metadata:
+            try:
+                metadata[key] = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r}: its {key!r} metadata is not valid JSON."
+                ) from None
     return tensors, metadata

@@ -43,6 +43,8 @@ class RunConfig:
             resized crop, as a fraction of the image; the paper's [0.08, 1].
         flip: random horizontal flip of training images (the paper's).
         templates: zero-shot prompt templates; None: the dataset's.
+        skip_corrupt: leave unreadable images out (a line names each)
+            instead of stopping before the run starts.
         deterministic: deterministic TensorFlow ops (slower), for bitwise
             repeatable runs; the training data (order and augmentation) is
             always a function of the seed.
@@ -73,6 +75,7 @@ class RunConfig:
     crop_scale: list = dataclasses.field(default_factory=lambda: [0.08, 1.0])
     flip: bool = True
     templates: list = None
+    skip_corrupt: bool = False
     deterministic: bool = False
     jit_compile: bool = False
     strategy: str = None
@@ -97,9 +100,13 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}.")
+        if self.warmup_epochs >= self.epochs:
             raise ValueError(
-                f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}."
+                f"{self.epochs} epoch(s) with {self.warmup_epochs} warm-up epoch(s) leave no epoch "
+                f"at the learning rate: pass --warmup-epochs 0 (warmup_epochs: 0 in a config "
+                f"file) to train {self.epochs} epoch(s) on the cosine schedule alone, or more --epochs."
             )
         if self.ctx_init:
             words = len(self.ctx_init.split())

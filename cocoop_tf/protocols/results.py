@@ -116,16 +116,12 @@ def _cell(entry):
 
 def markdown_table(results):
     """The summary as a Markdown table in the layout of the paper's tables."""
-    config = results["config"]
     columns = _columns(results)
     what = results.get("source") or ", ".join(results["evaluations"])
     lines = [
         f"### {PROTOCOL_TITLES[results['protocol']]}: {what}",
         "",
-        f"Backbone `{config['backbone']}`, {config['shots']} shots, {config['epochs']} epochs, "
-        f"batch size {config['batch_size']}, seeds {', '.join(map(str, config['seeds']))}. "
-        "Top-1 accuracy (%), mean ± std over seeds"
-        + (" (H: harmonic mean of the mean Base and New)." if results["protocol"] == "base2new" else "."),
+        *_settings_lines(results),
         "",
         "| Method | " + " | ".join(heading for _, heading in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -145,6 +141,39 @@ def markdown_table(results):
     if published:
         lines += ["", "Rows marked (paper) are the CoCoOp paper's ViT-B/16 numbers, mean of 3 seeds."]
     return "\n".join(lines) + "\n"
+
+
+def _training_line(config):
+    return (
+        f"{config['shots']} shots, {config['epochs']} epochs, batch size {config['batch_size']}, "
+        f"lr {config['lr']:g}, context {config['ctx_init'] or str(config['n_ctx']) + ' random vectors'!r}"
+    )
+
+
+def _settings_lines(results):
+    """What the numbers were measured with: the training settings of the prompts evaluated."""
+    config = results["config"]
+    accuracy = "Top-1 accuracy (%), mean ± std over seeds"
+    if results["protocol"] == "base2new":
+        accuracy += " (H: harmonic mean of the mean Base and New)"
+    trained = [run for run in results["runs"] if run["method"] != "zeroshot"]
+    if results["protocol"] != "evaluate":
+        seeds = ", ".join(map(str, config["seeds"]))
+        what = f"{_training_line(config)}, seeds {seeds}" if trained else "zero-shot"
+        return [f"Backbone `{config['backbone']}`, {what}. {accuracy}."]
+    lines = [f"Backbone `{config['backbone']}`. {accuracy}."]
+    for run in trained:
+        record = run.get("trained")
+        if record is None:
+            lines.append(f"- {METHOD_NAMES[run['method']]} prompt `{run['prompt']}`: "
+                         "its file does not record how it was trained.")
+            continue
+        lines.append(
+            f"- {METHOD_NAMES[run['method']]} prompt `{run['prompt']}`: trained on "
+            f"{record['dataset']} ({record['subset']} classes), seed {record['seed']}, "
+            f"{_training_line(record)}, backbone `{record['backbone']}`."
+        )
+    return lines
 
 
 def write_csv(path, results):

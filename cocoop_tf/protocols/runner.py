@@ -17,11 +17,13 @@ continues with `resume=True`.
 import json
 import os
 import time
+import warnings
 
 import keras
 
 from cocoop_tf.clip import load_clip
 from cocoop_tf.data import load_dataset
+from cocoop_tf.data.checks import check_images
 from cocoop_tf.data.benchmarks import find_benchmark
 from cocoop_tf.models.prompt_learning import read_prompt
 from cocoop_tf.protocols.distribute import is_chief
@@ -124,6 +126,7 @@ def run_protocol(
     evaluations=(),
     prompts=(),
     resume=False,
+    force=False,
     log=print,
 ):
     """Runs a protocol and writes its results; returns the results dict.
@@ -140,6 +143,8 @@ def run_protocol(
         prompts: prompt checkpoint files to evaluate instead of training
             (protocol "evaluate").
         resume: continue the run in `output`.
+        force: evaluate prompts trained on another backbone (see
+            `load_prompt`).
         log: function for progress lines.
 
     Returns:
@@ -172,6 +177,25 @@ def run_protocol(
     source_data = dataset(source) if trains else None
     source_name = _canonical(source) if source is not None else None
     prompt_metadata = [read_prompt(path)[1] for path in prompts]
+
+    # Unreadable images stop the run now, before any file is written or any
+    # training starts (or, with skip_corrupt, are left out everywhere).
+    skipped = set()
+
+    def check(view, split, where):
+        if view.source.root is not None:  # image files (TFDS records are checked by TFDS)
+            skipped.update(check_images(view.items(split), where, config.skip_corrupt, log))
+
+    for key, view in views:
+        check(view, "test", f"the test split of {key}")
+    if trains:
+        for seed in config.seeds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # short classes are reported when training starts
+                few_shot = source_data.few_shot(config.shots, seed).subsample(subset)
+            check(few_shot, "train", f"the {config.shots}-shot training images of {source_name}, seed {seed}")
+    if skipped:
+        views = [(key, view.without(skipped)) for key, view in views]
 
     settings = {
         "format": RESULTS_FORMAT,
@@ -220,28 +244,31 @@ def run_protocol(
             model = None
             if prompt is not None:
                 with strategy.scope():
-                    model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1])
+                    model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
             elif method != "zeroshot":
                 few_shot = source_data.few_shot(
                     config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
-                ).subsample(subset)
+                ).subsample(subset).without(skipped)
                 log(
                     f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
                     f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
                 )
+                training = training_record(protocol, source_name, subset, seed, config)
                 with strategy.scope():
                     model = build_model(method, clip, few_shot.classnames, config, None)
                     train_prompt_model(
                         model, few_shot, config, seed, image_size,
                         checkpoint_dir=os.path.join(run_dir, "checkpoints"),
                         log_dir=os.path.join(run_dir, "tensorboard"),
-                        resume=resume, write_files=folder.write_files, log=log,
+                        resume=resume, write_files=folder.write_files, training=training, log=log,
                     )
                 if folder.write_files:
-                    model.save_prompt(os.path.join(run_dir, "prompt.safetensors"))
+                    model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
             run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
             if prompt is not None:
                 run["prompt"] = os.path.abspath(prompt)
+                run["trained"] = prompt_metadata[index - 1].get("training")
+                run["seed"] = (run["trained"] or {}).get("seed")
             for key, view in views:
                 if method == "zeroshot":
                     with strategy.scope():
@@ -293,7 +320,16 @@ def run_protocol(
     return results
 
 
-def _model_from_prompt(clip, path, metadata):
+def training_record(protocol, source, subset, seed, config):
+    """What a prompt file records of its training: the protocol, data, seed and settings."""
+    settings = {
+        k: v for k, v in config.to_dict().items()
+        if k not in ("methods", "seeds", "eval_batch_size", "templates", "data_root")
+    }
+    return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
+
+
+def _model_from_prompt(clip, path, metadata, force=False):
     from cocoop_tf.models import CoCoOp
     from cocoop_tf.models import CoOp
 
@@ -301,6 +337,6 @@ def _model_from_prompt(clip, path, metadata):
     if method is None:
         raise ValueError(f"{path!r} holds a {metadata.get('method')!r} prompt; expected CoOp or CoCoOp.")
     try:
-        return method.from_prompt(clip, path)
+        return method.from_prompt(clip, path, force=force)
     except ValueError as error:
         raise ValueError(f"{error} (backbone: the --backbone given here)") from None

@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 
+from cocoop_tf.files import save_safetensors
 from cocoop_tf.models import CoCoOp
 from cocoop_tf.models import CoOp
 from cocoop_tf.models import ZeroShotCLIP
@@ -55,10 +56,13 @@ class EpochCheckpoints:
 
     Args:
         folder: where the checkpoints go.
+        training: the training settings each prompt file records (see
+            `save_prompt`).
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, training=None):
         self.folder = folder
+        self.training = training
 
     def path(self, epoch):
         return os.path.join(self.folder, f"epoch_{epoch:03d}.safetensors")
@@ -73,14 +77,11 @@ class EpochCheckpoints:
         return max(epochs, default=0)
 
     def save(self, epoch, model):
-        from safetensors.numpy import save_file
-
-        os.makedirs(self.folder, exist_ok=True)
         path = self.path(epoch)
         state = {v.path: np.asarray(v) for v in model.optimizer.variables}
         # The prompt file last: `latest` trusts an epoch only once both exist.
-        save_file(state, path[: -len(".safetensors")] + ".optimizer.safetensors")
-        model.save_prompt(path)
+        save_safetensors(path[: -len(".safetensors")] + ".optimizer.safetensors", state)
+        model.save_prompt(path, training=self.training)
 
     def restore(self, epoch, model):
         from safetensors.numpy import load_file
@@ -110,6 +111,7 @@ def train_prompt_model(
     log_dir=None,
     resume=False,
     write_files=True,
+    training=None,
     log=print,
 ):
     """Trains a CoOp/CoCoOp model with the paper's optimiser; the last epoch is kept.
@@ -129,6 +131,8 @@ def train_prompt_model(
         log_dir: TensorBoard folder, or None.
         resume: continue from the last checkpoint in `checkpoint_dir`.
         write_files: write checkpoints and logs (False on non-chief workers).
+        training: the training settings each checkpoint records (see
+            `save_prompt`).
         log: function for progress lines.
 
     Returns:
@@ -144,7 +148,7 @@ def train_prompt_model(
         ),
         jit_compile=config.jit_compile,
     )
-    checkpoints = EpochCheckpoints(checkpoint_dir)
+    checkpoints = EpochCheckpoints(checkpoint_dir, training)
     start = checkpoints.latest() if resume else 0
     if start:
         checkpoints.restore(start, model)

@@ -1,0 +1,65 @@
+"""Writing files and folders whole, with the permissions of the user's umask.
+
+A file written here appears complete or not at all (written beside its
+destination, then renamed), so a full disk or a killed process never leaves
+a truncated checkpoint behind. Python's temporary files and folders are
+private (0600 and 0700); what is written here gets the permissions a plain
+`open` or `os.makedirs` would give, so a TF Serving process of another user
+can read an export.
+"""
+
+import os
+import tempfile
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path, data):
+    """Writes `data` to `path` atomically (a temporary file beside it, then a rename).
+
+    Args:
+        path: the file to write; its folder is created if missing.
+        data: bytes.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(staging, 0o666 & ~_umask())
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+
+
+def write_text(path, text):
+    """Writes UTF-8 text to `path` atomically; see `write_bytes`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Writes a safetensors file atomically, with umask permissions.
+
+    Args:
+        path: the `.safetensors` file.
+        tensors: dict from name to NumPy array.
+        metadata: optional dict of strings.
+    """
+    from safetensors.numpy import save
+
+    write_bytes(path, save(tensors, metadata=metadata))
+
+
+def make_public_folder(path):
+    """Gives a folder made by `tempfile.mkdtemp` the permissions `os.makedirs` gives."""
+    os.chmod(path, 0o777 & ~_umask())
