@@ -1,9 +1,12 @@
 """The `cocoop-tf` command line."""
 
 import argparse
+import errno
 import os
 import sys
 import warnings
+
+import tensorflow as tf  # started quietly by cocoop_tf/__init__.py
 
 
 def _add_zeroshot(subparsers):
@@ -411,10 +414,26 @@ def main(argv=None):
         if getattr(args, "output", None) and hasattr(args, "resume"):
             print("\nInterrupted; continue with the same command and --resume.", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError, tf.errors.OpError) as error:
         # Our errors say what is wrong and how to fix it; a traceback adds nothing.
-        print(f"cocoop-tf {args.command}: error: {error}", file=sys.stderr)
+        print(f"cocoop-tf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error, args):
+    """The error as one line, with the fix for a full disk."""
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "No space left on device" in text
+    )
+    if full:
+        where = getattr(error, "filename", None) or getattr(args, "output", None)
+        again = " and run the same command with --resume" if hasattr(args, "resume") else ""
+        text = (
+            f"No space left on the device{f' writing {where}' if where else ''}. Free some "
+            f"space (or choose another --output){again}."
+        )
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """The `cocoop-tf` command line, run as users run it."""
 
+import os
 import pathlib
 import subprocess
+
+import numpy as np
+from test_data_helpers import write_class_folders
 
 import cocoop_tf
 
@@ -42,3 +46,100 @@ def test_unknown_backbone_is_a_one_line_error():
     result = _run("zeroshot", "--backbone", "no_such_clip", "--classnames", "a", "--images", "x.jpg")
     assert result.returncode == 2
     assert "Unknown CLIP source 'no_such_clip'" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the command line as a person meets it --------------------------------------------
+
+NOISE = ("I0000", "E0000", "W0000", "oneDNN", "cuInit", "absl::", "cpu_feature_guard", "Traceback")
+
+
+def _quiet_run(*args, **kwargs):
+    """A command as a user runs it: no TF_CPP_MIN_LOG_LEVEL of the test's own."""
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        ["cocoop-tf", *map(str, args)], capture_output=True, text=True, env=environment, **kwargs
+    )
+    output = result.stdout + result.stderr
+    assert not [word for word in NOISE if word in output], output[-3000:]
+    return result
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cocoop-tf "), result.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+    return lines[0]
+
+
+def test_help_is_quiet_and_says_what_each_command_takes():
+    top = _quiet_run("--help")
+    assert top.returncode == 0 and "base2new" in top.stdout
+    zeroshot = _quiet_run("zeroshot", "--help")
+    assert "mini_clip" in zeroshot.stdout
+    evaluate = _quiet_run("evaluate", "--help")
+    assert "--prompts" in evaluate.stdout and "--force" in evaluate.stdout
+    for training_flag in ("--epochs", "--lr", "--shots", "--seeds", "--batch-size", "--warmup-epochs"):
+        assert training_flag not in evaluate.stdout
+
+
+def test_one_epoch_names_the_warm_up_flag(tmp_path):
+    result = _quiet_run("train", "--dataset", tmp_path, "--backbone", "random_tiny", "--epochs", 1,
+                        "--output", tmp_path / "out")
+    _one_line_error(result, "--warmup-epochs 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_is_a_one_line_error(tmp_path):
+    write_class_folders(tmp_path / "images", {"cat_a": 4, "cat_b": 4})
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # A 24 kB file system of our own (a user namespace needs no privileges).
+    command = (f"mount -t tmpfs -o size=24k tmpfs {disk} && exec cocoop-tf train --dataset "
+               f"{tmp_path / 'images'} --backbone random_tiny --seeds 1 --shots 1 --epochs 2 "
+               f"--output {disk / 'run'}")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert "Traceback" not in result.stderr
+    _one_line_error(result, "No space left on the device", "--resume")
+
+
+def test_prompt_file_without_class_names_is_a_one_line_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    write_class_folders(tmp_path / "images", {"a": 4, "b": 4})
+    save_file({"prompt_learner/ctx": np.zeros((4, 64), np.float32)}, str(tmp_path / "p.safetensors"),
+              metadata={"format": "cocoop_tf.prompt/1", "method": "CoOp", "n_ctx": "4", "ctx_dim": "64",
+                        "vis_dim": "32", "class_specific": "False", "ctx_init": ""})
+    result = _quiet_run("evaluate", "--dataset", tmp_path / "images", "--backbone", "random_tiny",
+                        "--prompts", tmp_path / "p.safetensors", "--output", tmp_path / "out")
+    _one_line_error(result, "p.safetensors", "lacks classnames")
+
+
+def test_refused_pickle_is_a_one_line_error_and_runs_nothing(tmp_path):
+    import torch
+
+    planted = tmp_path / "planted"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(planted), "w"))
+
+    torch.save({"visual.proj": torch.zeros(2), "payload": Payload()}, tmp_path / "model.pt")
+    result = _quiet_run("zeroshot", "--backbone", tmp_path / "model.pt", "--classnames", "a", "b",
+                        "--images", SAMPLES / "chelsea.jpg")
+    _one_line_error(result, "Refused to read", "state_dict")
+    assert not planted.exists()
+
+
+def test_prompt_from_another_backbone_is_refused_unless_forced(tmp_path):
+    write_class_folders(tmp_path / "images", {"a_cat": 4, "a_dog": 4})
+    cocoop_tf.CoCoOp(cocoop_tf.load_clip("random_tiny", seed=0), ["x", "y"]).save_prompt(tmp_path / "p.safetensors")
+    cocoop_tf.load_clip("random_tiny", seed=1).save_to_preset(str(tmp_path / "other_clip"))  # same widths
+    arguments = ["evaluate", "--dataset", tmp_path / "images", "--backbone", tmp_path / "other_clip",
+                 "--prompts", tmp_path / "p.safetensors"]
+    refused = _quiet_run(*arguments, "--output", tmp_path / "refused")
+    _one_line_error(refused, "trained on another backbone", "--force")
+    forced = _quiet_run(*arguments, "--force", "--output", tmp_path / "forced")
+    assert forced.returncode == 0, forced.stderr
+    assert "warning:" in forced.stderr and "loading it anyway" in forced.stderr

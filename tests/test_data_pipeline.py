@@ -145,9 +145,8 @@ def test_decodes_grey_alpha_cmyk_and_png(tmp_path):
     write_image(root / "c" / "rgba.png", kind="rgba", value=200)
     (root / "d").mkdir(parents=True)
     (root / "d" / "cmyk.jpg").write_bytes(cmyk_jpeg(255, 128, 64, 200))
-    (tmp_path / "kinds" / "train").mkdir()
-    for name in "abcd":
-        (tmp_path / "kinds" / "train" / name).mkdir()
+    for name in "abcd":  # train/ names the classes; an empty class folder is refused
+        write_image(tmp_path / "kinds" / "train" / name / "0.jpg")
     ds = load_dataset(tmp_path / "kinds")
     images, labels = collect(ds.to_tf_dataset("test", 4, training=False, image_size=8))
     means = images.mean(axis=(1, 2))

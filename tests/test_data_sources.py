@@ -5,79 +5,53 @@ import json
 import os
 
 import pytest
+from real_layouts import PAPER_TEMPLATES
+from real_layouts import REAL_CLASSNAMES
+from real_layouts import write_real_layout
 from test_data_helpers import WNIDS
 from test_data_helpers import write_class_folders
 from test_data_helpers import write_classnames
 from test_data_helpers import write_image
-from test_data_helpers import write_split_layout
 
+from cocoop_tf.data import BENCHMARKS
 from cocoop_tf.data import load_dataset
 
+# (train, val, test) per class, cycled over the classes: classes differ in size.
 COUNTS = [(3, 2, 2), (4, 1, 3), (2, 2, 1)]
-
-# name: (folder, image folder, split file, class names, relative path, template)
-SPLIT_LAYOUTS = {
-    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
-                   ["face", "leopard", "accordion"],
-                   lambda n, s, i: f"{n}/image_{s}{i:04d}.jpg", "a photo of a {}."),
-    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json",
-                    ["abyssinian", "american_bulldog", "bengal"],
-                    lambda n, s, i: f"{n}_{s}{i}.jpg", "a photo of a {}, a type of pet."),
-    "stanford_cars": ("stanford_cars", ".", "split_zhou_StanfordCars.json",
-                      ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
-                      lambda n, s, i: f"cars_{'test' if s == 'test' else 'train'}/{n[:4]}{s}{i:05d}.jpg",
-                      "a photo of a {}."),
-    "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-                       ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
-                       lambda n, s, i: f"image_{n[:3]}{s}{i:05d}.jpg",
-                       "a photo of a {}, a type of flower."),
-    "food101": ("food-101", "images", "split_zhou_Food101.json",
-                ["apple_pie", "baby_back_ribs", "baklava"],
-                lambda n, s, i: f"{n}/{s}{i}.jpg", "a photo of {}, a type of food."),
-    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json",
-               ["abbey", "indoor badminton_court", "shop bakery"],
-               lambda n, s, i: f"{n[0]}/{'/'.join(n.split()[::-1])}/sun_{s}{i}.jpg",
-               "a photo of a {}."),
-    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json",
-            ["banded", "blotchy", "braided"],
-            lambda n, s, i: f"{n}/{n}_{s}{i:04d}.jpg", "{} texture."),
-    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json",
-                ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land"],
-                lambda n, s, i: f"{n.replace(' ', '')}/{s}_{i}.jpg",
-                "a centered satellite photo of {}."),
-    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-               ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery"],
-               lambda n, s, i: f"{n}/v_{n.replace('_', '')}_g0{i}_c01_{s}.jpg",
-               "a photo of a person doing {}."),
-}
+SPLIT_FILE_SETS = sorted(n for n, b in BENCHMARKS.items() if b.layout == "split")
 
 
 def per_class(items):
     return dict(sorted(collections.Counter(item.label for item in items).items()))
 
 
-@pytest.mark.parametrize("name", sorted(SPLIT_LAYOUTS))
+def class_counts(name):
+    return [COUNTS[i % len(COUNTS)] for i in range(len(REAL_CLASSNAMES[name]))]
+
+
+@pytest.mark.parametrize("name", SPLIT_FILE_SETS)
 def test_split_file_layouts(tmp_path, name):
-    folder, image_dir, split_file, classnames, relpath, template = SPLIT_LAYOUTS[name]
-    split = write_split_layout(
-        tmp_path / folder, image_dir, split_file, list(zip(classnames, COUNTS)), relpath
-    )
+    benchmark = BENCHMARKS[name]
+    counts = class_counts(name)
+    folder = write_real_layout(tmp_path, name, counts)
+    with open(os.path.join(folder, benchmark.split_file)) as f:
+        split = json.load(f)
     ds = load_dataset(name, data_root=tmp_path)
-    assert ds.classnames == classnames
-    assert ds.template == template
+    assert ds.source.classnames == REAL_CLASSNAMES[name]
+    assert ds.template == PAPER_TEMPLATES[name]
     for part, column in zip(("train", "val", "test"), range(3)):
         items = ds.items(part)
-        assert per_class(items) == {label: c[column] for label, c in enumerate(COUNTS)}
-        expected = [os.path.normpath(tmp_path / folder / image_dir / rel) for rel, _, _ in split[part]]
-        assert [item.path for item in items] == expected
+        assert per_class(items) == {label: c[column] for label, c in enumerate(counts)}
+        expected = [os.path.normpath(os.path.join(folder, benchmark.image_dir, rel))
+                    for rel, _, _ in split[part]]
+        assert [item.path for item in items] == expected  # split-file order
         assert all(os.path.isfile(item.path) for item in items)
 
 
 def test_coop_names_and_env_root(tmp_path, monkeypatch):
-    folder, image_dir, split_file, classnames, relpath, _ = SPLIT_LAYOUTS["oxford_pets"]
-    write_split_layout(tmp_path / folder, image_dir, split_file, list(zip(classnames, COUNTS)), relpath)
+    write_real_layout(tmp_path, "oxford_pets")
     monkeypatch.setenv("COCOOP_TF_DATA", str(tmp_path))
-    assert load_dataset("OxfordPets").classnames == classnames
+    assert load_dataset("OxfordPets").source.classnames == REAL_CLASSNAMES["oxford_pets"]
 
 
 def test_fgvc_aircraft_variant_files(tmp_path):
@@ -85,7 +59,7 @@ def test_fgvc_aircraft_variant_files(tmp_path):
     variants = ["707-320", "A300B4", "F/A-18"]
     (folder / "images").mkdir(parents=True)
     (folder / "variants.txt").write_text("\n".join(variants) + "\n")
-    # Lines are ordered by image id, not grouped by variant, as in the real files.
+    # Lines interleave variants: the loader must not assume the real files' grouping by variant.
     lines = {
         "train": ["1025794 A300B4", "1340192 707-320", "1400000 F/A-18", "1500000 A300B4"],
         "val": ["0034309 F/A-18", "0062432 707-320"],

@@ -1,5 +1,6 @@
 """`cocoop-tf export`, run as users run it."""
 
+import os
 import subprocess
 
 import numpy as np
@@ -12,7 +13,10 @@ from conftest import max_relative_difference
 
 
 def _export(*args):
-    return subprocess.run(["cocoop-tf", "export", *args], capture_output=True, text=True)
+    return subprocess.run(
+        ["cocoop-tf", "export", *args], capture_output=True, text=True,
+        preexec_fn=lambda: os.umask(0o022),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +34,9 @@ def test_prompt_checkpoint_to_saved_model(tmp_path, clip):
     )
     assert result.returncode == 0, result.stderr
     assert f"Exported CoOp to {tmp_path / 'serving' / '7'}" in result.stdout
+    # Readable by a TF Serving process of another user: the umask's permissions.
+    assert oct((tmp_path / "serving" / "7").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "serving" / "7" / "saved_model.pb").stat().st_mode & 0o777) == "0o644"
     images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     token_ids = serving_token_ids(model, ["a blue fish", "sky"])
     served = tf.saved_model.load(str(tmp_path / "serving" / "7")).signatures["serving_default"]
@@ -43,11 +50,17 @@ def test_keras_file_to_quantized_tflite(tmp_path, clip):
     model(np.zeros((1, 32, 32, 3), np.float32))  # built, as after training
     model.save(tmp_path / "model.keras")
     output = tmp_path / "model.tflite"
-    result = _export(
-        "--model", str(tmp_path / "model.keras"), "--format", "tflite", "--output", str(output),
-        "--quantize", "float16",
-    )
+    output.write_bytes(b"an earlier export")
+    arguments = ["--model", str(tmp_path / "model.keras"), "--format", "tflite", "--output", str(output),
+                 "--quantize", "float16"]
+    refused = _export(*arguments)
+    assert refused.returncode == 2 and output.read_bytes() == b"an earlier export"
+    assert refused.stderr.strip().splitlines() == [
+        f"cocoop-tf export: error: {str(output)!r} exists; pass --overwrite to replace it."
+    ]
+    result = _export(*arguments, "--overwrite")
     assert result.returncode == 0, result.stderr
+    assert oct(output.stat().st_mode & 0o777) == "0o644"
     images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     token_ids = serving_token_ids(model, ["cat", "dog", "owl", "fox"])
     runner = litert.Interpreter(model_path=str(output)).get_signature_runner("serving_default")

@@ -147,6 +147,30 @@ def test_prompt_checkpoint_applies_to_a_separately_loaded_backbone(clip, rng, tm
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_prompt_checkpoint_records_its_backbone_and_training(clip, tmp_path):
+    from cocoop_tf.models.prompt_learning import read_prompt
+
+    model = cocoop_tf.CoCoOp(clip, ["apple_pie", "car side"], reduction=4)
+    model.save_prompt(tmp_path / "p.safetensors", training={"dataset": "food101", "seed": 2})
+    _, metadata = read_prompt(tmp_path / "p.safetensors")
+    assert metadata["classnames"] == ["apple pie", "car side"]  # the cleaned form
+    assert metadata["training"] == {"dataset": "food101", "seed": 2}
+    assert metadata["backbone"] == model.backbone_fingerprint and len(metadata["backbone"]) == 16
+    same = cocoop_tf.CoCoOp.from_prompt(cocoop_tf.load_clip("random_tiny", seed=0), tmp_path / "p.safetensors")
+    assert same.backbone_fingerprint == metadata["backbone"]
+    other_clip = cocoop_tf.load_clip("random_tiny", seed=1)  # same widths, other weights
+    target = cocoop_tf.CoCoOp(other_clip, ["x"], reduction=4)
+    before = [np.asarray(v).copy() for v in target.trainable_weights]
+    with pytest.raises(ValueError, match="trained on another backbone .*force=True"):
+        target.load_prompt(tmp_path / "p.safetensors")
+    for old, variable in zip(before, target.trainable_weights):
+        np.testing.assert_array_equal(np.asarray(variable), old)  # nothing half-loaded
+    with pytest.warns(UserWarning, match="loading it anyway"):
+        target.load_prompt(tmp_path / "p.safetensors", force=True)
+    for a, b in zip(target.trainable_weights, model.trainable_weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_prompt_checkpoint_size_for_vit_b16(tmp_path):
     clip = cocoop_tf.load_clip("random_vit_b16")
     path = tmp_path / "vit_b16.safetensors"

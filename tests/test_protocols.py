@@ -21,24 +21,44 @@ from cocoop_tf.protocols import RunFolderError
 from cocoop_tf.protocols import load_predictions
 from cocoop_tf.protocols import run_protocol
 from cocoop_tf.protocols.published import BASE_TO_NEW
+from cocoop_tf.protocols.published import CROSS_DATASET
 from cocoop_tf.protocols.published import DOMAIN_GENERALIZATION
-from protocol_fixtures import CALTECH
-from protocol_fixtures import PETS
-from protocol_fixtures import write_coop_data_root
+from real_layouts import REAL_CLASSNAMES
+from real_layouts import TEST_ONLY
+from real_layouts import write_all_real_layouts
+from test_data_helpers import write_class_folders
 
 TESTS = pathlib.Path(__file__).parent
 FAST = dict(backbone="random_tiny", shots=2, epochs=2, batch_size=2, eval_batch_size=8)
+TINY = dict(backbone="random_tiny", shots=1, epochs=2, batch_size=2, eval_batch_size=16, seeds=[1])
+ELEVEN = [name for name in REAL_CLASSNAMES if name not in TEST_ONLY]
+# What the C++ runtime and Keras print when nobody asks them to.
+NOISE = ("I0000", "E0000", "W0000", "oneDNN", "cuInit", "absl::", "cpu_feature_guard",
+         "shuffle=True", "Traceback")
+
+
+def cleaned(name):
+    """The dataset's class names as the results hold them (what the paper prints)."""
+    return [n.replace("_", " ") for n in REAL_CLASSNAMES[name]]
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_coop_data_root(str(tmp_path_factory.mktemp("data")))
+    """All eleven datasets and the four ImageNet shift sets in their real layouts."""
+    return write_all_real_layouts(str(tmp_path_factory.mktemp("data")), counts=(2, 2, 2))
 
 
-def cli(*args, env=None):
+def assert_quiet(result):
+    """No line of TensorFlow's C++ start-up, no Keras warning, no traceback."""
+    output = result.stdout + result.stderr
+    assert not [word for word in NOISE if word in output], output[-3000:]
+
+
+def cli(*args, env=None, **kwargs):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         ["cocoop-tf", *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+        env={**environment, **(env or {})}, **kwargs,
     )
 
 
@@ -94,7 +114,8 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
 
     assert results["format"] == "cocoop_tf.results/1" and results["protocol"] == "base2new"
     assert results["source"] == "oxford_pets" and results["evaluations"] == ["base", "new"]
-    assert results["classes"] == {"base": PETS[:3], "new": PETS[3:]}
+    # Real names (american_bulldog) are compared, stored and printed cleaned.
+    assert results["classes"] == {"base": cleaned("oxford_pets")[:3], "new": cleaned("oxford_pets")[3:]}
     assert results["config"]["epochs"] == 2  # the flag overrides the file
     assert results["config"]["shots"] == 2 and results["config"]["lr"] == 0.002  # file, default
     assert results["config"]["crop_scale"] == [0.5, 1.0] and results["config"]["flip"] is False
@@ -126,7 +147,8 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
             assert list((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
     # The few-shot choice is recorded, and base-to-new trains on base classes only.
     split = json.loads((output / "splits" / "oxford_pets_shot_2-seed_1.json").read_text())
-    assert len(split["train"]) == 2 * len(PETS)
+    assert len(split["train"]) == 2 * len(REAL_CLASSNAMES["oxford_pets"])
+    assert {row[2] for row in split["train"]} == set(REAL_CLASSNAMES["oxford_pets"])  # CoOp's raw form
     assert "training on 2 shots of 3 base classes" in result.stdout
 
     # The same folder refuses another run and a repeat without --resume; nothing changes.
@@ -159,51 +181,98 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
     assert alone["runs"][0]["accuracy"]["oxford_pets"] == cocoop_seed1["accuracy"]["new"]
 
 
-def test_cross_dataset_transfer(data_root, tmp_path):
+@pytest.mark.parametrize("name", ELEVEN)
+def test_base2new_on_every_dataset_in_its_real_layout(data_root, tmp_path, name):
+    results = run_protocol(
+        "base2new", RunConfig(**TINY, data_root=data_root), tmp_path, source=name, subset="base",
+        evaluations=[(name, "base"), (name, "new")], log=lambda *a: None,
+    )
+    half = -(-len(REAL_CLASSNAMES[name]) // 2)
+    assert results["classes"] == {"base": cleaned(name)[:half], "new": cleaned(name)[half:]}
+    assert [r["method"] for r in results["runs"]] == ["zeroshot", "coop", "cocoop"]
+    recount(tmp_path, results)
+    paper = dict(zip(("base", "new", "h"), BASE_TO_NEW[name]["cocoop"]))
+    assert results["published"]["cocoop"] == paper
+    assert "| CoCoOp (paper) | " + " | ".join(f"{paper[k]:.2f}" for k in ("base", "new", "h")) in check_reports(tmp_path, results)
+
+
+def test_cross_dataset_from_imagenet_to_the_ten_others(data_root, tmp_path):
     import matplotlib
 
+    targets = [name for name in ELEVEN if name != "imagenet"]
     previous = matplotlib.get_backend()
     matplotlib.use("svg")  # stands for a notebook's inline backend
     try:
-        config = RunConfig(**FAST, methods=["zeroshot", "cocoop"], seeds=[1], data_root=data_root)
         results = run_protocol(
-            "cross-dataset", config, tmp_path, source="caltech101",
-            evaluations=[("caltech101", "all"), ("oxford_pets", "all")], log=lambda *a: None,
+            "cross-dataset", RunConfig(**TINY, methods=["zeroshot", "cocoop"], data_root=data_root),
+            tmp_path, source="imagenet",
+            evaluations=[("imagenet", "all")] + [(t, "all") for t in targets], log=lambda *a: None,
         )
         assert matplotlib.get_backend() == "svg"  # writing results.png left the backend alone
     finally:
         matplotlib.use(previous)
-    assert results["evaluations"] == ["caltech101", "oxford_pets"]
-    assert results["targets"] == ["oxford_pets"]
-    assert results["classes"] == {"caltech101": CALTECH, "oxford_pets": PETS}
+    assert results["evaluations"] == ["imagenet", *targets] and results["targets"] == targets
+    assert results["classes"] == {name: cleaned(name) for name in ["imagenet", *targets]}
     recounted = recount(tmp_path, results)
     for method in ("zeroshot", "cocoop"):
         assert results["summary"][method]["average"]["mean"] == pytest.approx(
-            np.mean(recounted[method]["oxford_pets"])
+            np.mean([np.mean(recounted[method][t]) for t in targets])
         )
-    assert results["published"] is None  # the paper's transfer numbers start from ImageNet
+    assert results["published"]["cocoop"] == CROSS_DATASET["cocoop"]
     table = check_reports(tmp_path, results)
-    assert "| Method | caltech101 | oxford_pets | Average |" in table
-    # The CoCoOp prompt was trained on the four Caltech classes, all of them.
-    prompt = load_file(tmp_path / "runs" / "cocoop_seed1" / "prompt.safetensors")
-    assert prompt  # written
-    split = json.loads((tmp_path / "splits" / "caltech101_shot_2-seed_1.json").read_text())
-    assert sorted({row[2] for row in split["train"]}) == CALTECH
+    assert "| Method | imagenet | caltech101 | oxford_pets |" in table
+    assert "| CoCoOp (paper) | 71.02 | 94.43 | 90.14 |" in table
+    # The CoCoOp prompt was trained on all ImageNet classes.
+    split = json.loads((tmp_path / "splits" / "imagenet_shot_1-seed_1.json").read_text())
+    assert sorted({row[2] for row in split["train"]}) == sorted(REAL_CLASSNAMES["imagenet"])
 
 
-def test_domain_generalization_on_imagenet_shifts(data_root, tmp_path):
-    config = RunConfig(**FAST, methods=["zeroshot", "coop"], seeds=[1], data_root=data_root)
+def test_domain_generalization_to_the_four_shift_sets(data_root, tmp_path):
     results = run_protocol(
-        "domain-generalization", config, tmp_path, source="imagenet",
-        evaluations=[("imagenet", "all"), ("imagenetv2", "all"), ("imagenet_sketch", "all")],
-        log=lambda *a: None,
+        "domain-generalization", RunConfig(**TINY, methods=["zeroshot", "coop"], data_root=data_root),
+        tmp_path, source="imagenet",
+        evaluations=[("imagenet", "all")] + [(name, "all") for name in TEST_ONLY], log=lambda *a: None,
     )
-    assert results["evaluations"] == ["imagenet", "imagenetv2", "imagenet_sketch"]
-    assert len(results["classes"]["imagenet"]) == 4 and len(results["classes"]["imagenetv2"]) == 5
+    assert results["evaluations"] == ["imagenet", *TEST_ONLY]
+    # ImageNet-A and -R hold a subset of the classes, relabelled from 0.
+    assert results["classes"] == {name: cleaned(name) for name in ["imagenet", *TEST_ONLY]}
+    assert len(results["classes"]["imagenet_a"]) < len(results["classes"]["imagenet"])
     recount(tmp_path, results)
     assert results["published"]["coop"] == DOMAIN_GENERALIZATION["coop"]
-    table = check_reports(tmp_path, results)
-    assert "| CoOp (paper) | 71.51 | 64.20 | 47.99 |" in table
+    assert "| CoOp (paper) | 71.51 | 64.20 | 47.99 | 49.71 | 75.21 |" in check_reports(tmp_path, results)
+
+
+def test_train_then_evaluate_a_folder_with_underscore_names(tmp_path):
+    """One's own class-per-folder images, trained and evaluated from the command line."""
+    names = ["digit_one", "Golden_Retriever", "apple_pie", "t-shirt"]
+    write_class_folders(tmp_path / "my_images", {name: 6 for name in names})
+    trained = cli(
+        "train", "--dataset", tmp_path / "my_images", "--backbone", "random_tiny", "--seeds", 3,
+        "--shots", 2, "--epochs", 1, "--warmup-epochs", 0, "--lr", 0.01, "--output", tmp_path / "train",
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert_quiet(trained)
+    results = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert results["classes"] == {"my_images": ["Golden Retriever", "apple pie", "digit one", "t-shirt"]}
+    recount(tmp_path / "train", results)
+    prompt = tmp_path / "train" / "runs" / "cocoop_seed3" / "prompt.safetensors"
+    for path in (prompt, tmp_path / "train" / "runs" / "cocoop_seed3" / "checkpoints" / "epoch_001.safetensors"):
+        assert oct(path.stat().st_mode & 0o777) == "0o644"  # the user's umask, not private
+
+    evaluated = cli(
+        "evaluate", "--dataset", tmp_path / "my_images", "--backbone", "random_tiny",
+        "--prompts", prompt, "--output", tmp_path / "evaluate",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert_quiet(evaluated)
+    alone = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    recount(tmp_path / "evaluate", alone)
+    assert alone["runs"][0]["accuracy"] == results["runs"][0]["accuracy"]
+    # results.md states how the prompt was trained, not evaluate's defaults.
+    table = (tmp_path / "evaluate" / "results.md").read_text()
+    assert "trained on my_images (all classes), seed 3, 2 shots, 1 epochs, batch size 1, lr 0.01" in table
+    assert "16 shots" not in table and "10 epochs" not in table
 
 
 # --- resume and distribution ------------------------------------------------------------

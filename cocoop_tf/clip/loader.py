@@ -2,6 +2,8 @@
 
 import json
 import os
+import pickle
+import re
 import zipfile
 
 import keras_hub
@@ -174,7 +176,16 @@ def _read_torch_file(path):
         # OpenAI's released .pt files are TorchScript archives.
         state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            raise CheckpointError(
+                f"Refused to read {path!r}: besides tensors it holds Python objects"
+                f"{f' ({found.group(1)})' if found else ''}, and unpickling them could run "
+                "code. Save only the state dict (torch.save(model.state_dict(), path)) or "
+                "convert it to .safetensors, and load that."
+            ) from None
     if "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
     return {

@@ -16,6 +16,7 @@ from cocoop_tf.data.sources import SPLITS
 from cocoop_tf.data.sources import benchmark_source
 from cocoop_tf.data.sources import folder_source
 from cocoop_tf.data.transforms import check_crop_scale
+from cocoop_tf.files import write_text
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
 # Built by this package from images that its dependencies ship (cocoop_tf.demo).
@@ -370,9 +371,7 @@ class ImageDataset:
             **{split: [[self.source.key(i), i.label, names[i.label]] for i in chosen[split]]
                for split in ("train", "val")},
         }
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(record, f, indent=0)
+        write_text(path, json.dumps(record, indent=0))
 
     def _read_record(self, path, shots, seed):
         with open(path) as f:

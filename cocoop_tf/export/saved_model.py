@@ -8,8 +8,8 @@ import tempfile
 import keras
 
 from cocoop_tf.export.signatures import model_info
-from cocoop_tf.files import make_public_folder
 from cocoop_tf.export.signatures import serving_functions
+from cocoop_tf.files import make_public_folder
 
 INFO_FILE = os.path.join("assets.extra", "cocoop_tf.json")
 

@@ -76,6 +76,17 @@ class CLIPClassifier(keras.Model):
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; with a `tf.data.Dataset`, `shuffle` defaults to False.
+
+        A dataset shuffles itself (`to_tf_dataset(training=True)` does), and
+        Keras would only warn that its default `shuffle=True` is ignored.
+        """
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 9:
+            kwargs["shuffle"] = False
+        return super().fit(*args, **kwargs)
+
     def train_step(self, data):
         return super().train_step(self._check_labels(data))
 

@@ -29,6 +29,8 @@ import platform
 
 import numpy as np
 
+from cocoop_tf.files import write_text
+
 RESULTS_FORMAT = "cocoop_tf.results/1"
 METHOD_NAMES = {"zeroshot": "CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
 PROTOCOL_TITLES = {
@@ -87,11 +89,9 @@ def write_results(folder, results):
     Returns:
         The Markdown table.
     """
-    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_text(os.path.join(folder, "results.json"), json.dumps(results, indent=2))
     table = markdown_table(results)
-    with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    write_text(os.path.join(folder, "results.md"), table)
     write_csv(os.path.join(folder, "results.csv"), results)
     plot(os.path.join(folder, "results.png"), results)
     return table

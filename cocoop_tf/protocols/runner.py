@@ -23,8 +23,9 @@ import keras
 
 from cocoop_tf.clip import load_clip
 from cocoop_tf.data import load_dataset
-from cocoop_tf.data.checks import check_images
 from cocoop_tf.data.benchmarks import find_benchmark
+from cocoop_tf.data.checks import check_images
+from cocoop_tf.files import write_text
 from cocoop_tf.models.prompt_learning import read_prompt
 from cocoop_tf.protocols.distribute import is_chief
 from cocoop_tf.protocols.distribute import make_strategy
@@ -91,8 +92,7 @@ class RunFolder:
             )
         elif write_files:
             os.makedirs(self.path, exist_ok=True)
-            with open(run_file, "w", encoding="utf-8") as f:
-                json.dump(settings, f, indent=2)
+            write_text(run_file, json.dumps(settings, indent=2))
 
     def run_dir(self, method, seed):
         return os.path.join(self.path, "runs", method if seed is None else f"{method}_seed{seed}")
@@ -286,8 +286,7 @@ def run_protocol(
                 run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
                 log(f"  H: {run['h']:.2f}")
             if folder.write_files:
-                with open(result_file, "w", encoding="utf-8") as f:
-                    json.dump(run, f, indent=2)
+                write_text(result_file, json.dumps(run, indent=2))
             runs.append(run)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)

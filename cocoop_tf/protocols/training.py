@@ -180,7 +180,7 @@ def train_prompt_model(
     )
     result = model.fit(
         data, initial_epoch=start, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks, shuffle=False, verbose=progress_verbosity(),
+        callbacks=callbacks, verbose=progress_verbosity(),
     )
     losses = result.history.get("loss", [])
     if len(losses) < config.epochs - start or not all(map(math.isfinite, losses)):
