@@ -5,7 +5,7 @@ All models take RGB images as pixel values 0..255, shape
 inside the graph.
 """
 
-from cocoop_tf._startup import import_tensorflow
+from cocoop_tf.native_stderr import import_tensorflow
 
 import_tensorflow()
 

@@ -191,3 +191,10 @@ def test_image_folder_with_split_folders_and_split_file(tmp_path):
     ds = load_dataset(root, split_file=tmp_path / "split.json")
     assert ds.classnames == ["bee"]
     assert ds.train[0].path == os.path.join(str(root), "train/b/000.jpg")
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+    write_class_folders(tmp_path / "mine", {"cat": 2, "dog": 2})
+    (tmp_path / "mine" / "owl").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*owl holds no images .*remove it"):
+        load_dataset(tmp_path / "mine")

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file
 
+from cocoop_tf.data import load_dataset
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
 from cocoop_tf.protocols import load_predictions
@@ -377,3 +379,36 @@ def test_output_folder_with_other_files_is_refused(data_root, tmp_path):
         run_protocol("evaluate", RunConfig(**FAST, methods=["zeroshot"], data_root=data_root),
                      tmp_path, evaluations=[("oxford_pets", "all")], log=lambda *a: None)
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_data_problems_stop_the_run_before_it_starts(data_root, tmp_path):
+    images = tmp_path / "my_images"
+    write_class_folders(images, {"cat_one": 6, "cat_two": 6})
+    truncated = pathlib.Path(load_dataset(images).test[-1].path)
+    truncated.write_bytes(truncated.read_bytes()[:60])  # an interrupted copy
+    arguments = ["train", "--dataset", images, "--backbone", "random_tiny", "--seeds", 1, "--shots", 1,
+                 "--epochs", 1, "--warmup-epochs", 0]
+    result = cli(*arguments, "--output", tmp_path / "stopped")
+    assert_quiet(result)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"Corrupt image {truncated} (truncated JPEG)" in result.stderr and "--skip-corrupt" in result.stderr
+    assert not (tmp_path / "stopped").exists()  # before any file or training
+
+    skipped = cli(*arguments, "--skip-corrupt", "--output", tmp_path / "skipped")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert f"skipping corrupt image {truncated} (truncated JPEG) in the test split of my_images" in skipped.stdout
+    results = json.loads((tmp_path / "skipped" / "results.json").read_text())
+    labels, _, _ = load_predictions(tmp_path / "skipped" / results["runs"][0]["predictions"]["my_images"])
+    assert len(labels) == 2 * 2 - 1  # test: 2 images per class, less the corrupt one
+
+    # A split file that names files the folder lacks.
+    pets = tmp_path / "data" / "oxford_pets"
+    shutil.copytree(os.path.join(data_root, "oxford_pets"), pets)
+    missing = next((pets / "images").glob("*.jpg"))
+    missing.unlink()
+    lost = cli("base2new", "--dataset", "oxford_pets", "--data-root", tmp_path / "data",
+               "--backbone", "random_tiny", "--output", tmp_path / "lost")
+    assert lost.returncode == 2 and len(lost.stderr.strip().splitlines()) == 1
+    assert "split_zhou_OxfordPets.json lists 1 image file(s) that are missing" in lost.stderr
+    assert str(missing) in lost.stderr
+    assert not (tmp_path / "lost").exists()

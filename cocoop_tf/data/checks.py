@@ -14,6 +14,7 @@ import os
 import tensorflow as tf
 
 from cocoop_tf.data.transforms import decode_image
+from cocoop_tf.native_stderr import held_back
 
 _SIGNATURES = {
     b"\xff\xd8": "jpeg",
@@ -51,7 +52,8 @@ def _looks_whole(path):
 
 def _decodes(path):
     try:
-        decode_image(tf.io.read_file(path))
+        with held_back(show_on_error=False):  # libjpeg's own complaint; the caller names the file
+            decode_image(tf.io.read_file(path))
         return True
     except (tf.errors.OpError, ValueError):
         return False
