@@ -418,6 +418,15 @@ def main(argv=None):
         # Our errors say what is wrong and how to fix it; a traceback adds nothing.
         print(f"cocoop-tf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if os.environ.get("COCOOP_TF_DEBUG"):
+            raise
+        print(
+            f"cocoop-tf {args.command}: error: {type(error).__name__}: {_one_line(error, args)} "
+            "(unexpected: please report it; COCOOP_TF_DEBUG=1 shows where it happened)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _one_line(error, args):

@@ -5,7 +5,7 @@ are on", "Could not find cuda drivers" and "This TensorFlow binary is
 optimized to use available CPU instructions" to file descriptor 2 while they
 load, before any log level applies, and libjpeg prints "Improper call to
 JPEG library" when it meets a truncated file that we are about to report
-ourselves. Python cannot intercept them, so descriptor 2 is pointed at a file
+ourselves, and LiteRT announces its XNNPACK delegate. Python cannot intercept them, so descriptor 2 is pointed at a file
 for the duration and the lines are then dropped, or shown if the work fails.
 """
 
@@ -20,6 +20,9 @@ _START_UP = re.compile(
     rb"|Could not find cuda drivers|cpu_feature_guard|To enable the following instructions"
     rb"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
 )
+
+# LiteRT's interpreter announces its default CPU delegate on every start.
+LITERT_NOTICES = re.compile(rb"Created TensorFlow Lite XNNPACK delegate")
 
 
 @contextlib.contextmanager

@@ -43,6 +43,22 @@ def randomize_torch_module(module, seed):
     return module
 
 
+# What TensorFlow's C++ runtime and Keras print unasked, and what no command may show.
+NOISE = ("I0000", "E0000", "W0000", "oneDNN", "cuInit", "absl::", "cpu_feature_guard",
+         "shuffle=True", "Traceback")
+
+
+def user_environment():
+    """The environment a user's command runs in: without the TF_CPP_MIN_LOG_LEVEL set above."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def assert_quiet(result):
+    """A finished command printed no start-up line, Keras warning or traceback."""
+    output = result.stdout + result.stderr
+    assert not [word for word in NOISE if word in output], output[-3000:]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

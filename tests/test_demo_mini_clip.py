@@ -149,3 +149,15 @@ def test_trainer_text_path_is_the_backbones(rng):
     token_ids = captions.reshape(-1, captions.shape[-1])[rng.choice(len(captions.reshape(-1, captions.shape[-1])), 12)]
     expected = backbone.get_text_embeddings(keras.ops.convert_to_tensor(token_ids))
     np.testing.assert_allclose(trainer.text_features(token_ids), expected, atol=1e-5)
+
+
+def test_class_names_the_mini_clip_never_learned_are_refused():
+    from cocoop_tf import CoCoOp
+    from cocoop_tf import ZeroShotCLIP
+
+    clip = load_clip("mini_clip")
+    CoCoOp(clip, list(demo_images.CLASSNAMES))  # its own classes and context words
+    with pytest.raises(ValueError, match=r"'american bulldog' has tokens it never learned \('american', 'bulldog'\)"):
+        CoCoOp(clip, ["digit one", "american_bulldog"])
+    with pytest.raises(ValueError, match=r"class 'bear' has tokens it never learned \(',', 'pet', 'type'\)"):
+        ZeroShotCLIP(clip, ["bear"], template="a photo of a {}, a type of pet.")

@@ -17,6 +17,9 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file
 
+from conftest import assert_quiet
+from conftest import user_environment
+
 from cocoop_tf.data import load_dataset
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
@@ -34,9 +37,6 @@ TESTS = pathlib.Path(__file__).parent
 FAST = dict(backbone="random_tiny", shots=2, epochs=2, batch_size=2, eval_batch_size=8)
 TINY = dict(backbone="random_tiny", shots=1, epochs=2, batch_size=2, eval_batch_size=16, seeds=[1])
 ELEVEN = [name for name in REAL_CLASSNAMES if name not in TEST_ONLY]
-# What the C++ runtime and Keras print when nobody asks them to.
-NOISE = ("I0000", "E0000", "W0000", "oneDNN", "cuInit", "absl::", "cpu_feature_guard",
-         "shuffle=True", "Traceback")
 
 
 def cleaned(name):
@@ -50,17 +50,10 @@ def data_root(tmp_path_factory):
     return write_all_real_layouts(str(tmp_path_factory.mktemp("data")), counts=(2, 2, 2))
 
 
-def assert_quiet(result):
-    """No line of TensorFlow's C++ start-up, no Keras warning, no traceback."""
-    output = result.stdout + result.stderr
-    assert not [word for word in NOISE if word in output], output[-3000:]
-
-
 def cli(*args, env=None, **kwargs):
-    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         ["cocoop-tf", *map(str, args)], capture_output=True, text=True,
-        env={**environment, **(env or {})}, **kwargs,
+        env={**user_environment(), **(env or {})}, **kwargs,
     )
 
 

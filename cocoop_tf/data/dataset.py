@@ -206,7 +206,7 @@ class ImageDataset:
             for split, k in (("train", shots), ("val", min(shots, 4))):
                 chosen[split], short = sample_few_shot(self.source.split(split), k, rng)
                 if short:
-                    names = [self.source.classnames[label] for label in short]
+                    names = clean_classnames([self.source.classnames[label] for label in short])
                     warnings.warn(
                         f"{self.name}: {len(short)} classes have fewer than {k} {split} images "
                         f"and use all they have: {names[:10]}{' ...' if len(names) > 10 else ''}.",

@@ -32,6 +32,7 @@ from cocoop_tf.demo import images as demo_images
 from cocoop_tf.demo.captions import ZERO_SHOT_TEMPLATE
 from cocoop_tf.demo.shift import SHIFT_DESCRIPTION
 from cocoop_tf.demo.shift import render_shifted
+from cocoop_tf.files import make_public_folder
 
 NAME = "mini_digits_animals"
 SPLIT_FILE = "split_zhou_MiniDigitsAnimals.json"
@@ -90,6 +91,7 @@ def materialize(data_root=None):
                 return folder
     os.makedirs(data_root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{NAME}-", dir=data_root)
+    make_public_folder(staging)
     try:
         _write(staging)
         if os.path.exists(folder):

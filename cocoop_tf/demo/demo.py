@@ -122,5 +122,10 @@ def export_and_classify(run_folder, output, config, data_root, log=print):
 def _run_tflite(path, images, token_ids):
     from ai_edge_litert.interpreter import Interpreter
 
-    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
-    return runner(images=np.asarray(images, np.float32), token_ids=np.asarray(token_ids, np.int32))["probabilities"]
+    from cocoop_tf.native_stderr import LITERT_NOTICES
+    from cocoop_tf.native_stderr import held_back
+
+    with held_back(LITERT_NOTICES):
+        runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+        outputs = runner(images=np.asarray(images, np.float32), token_ids=np.asarray(token_ids, np.int32))
+    return outputs["probabilities"]

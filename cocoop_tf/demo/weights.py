@@ -80,7 +80,9 @@ def read_compact_clip(path):
 def load_compact_clip(path, dtype=None):
     """Builds the backbone a compact CLIP file describes and loads its weights.
 
-    Token-embedding rows the file does not hold are zero.
+    Token-embedding rows the file does not hold are zero; the ids of the
+    rows it holds are the backbone's `known_token_ids`, and the classifiers
+    refuse class names (or templates) made of other tokens.
 
     Args:
         path: a file written by `save_compact_clip`.
@@ -108,6 +110,8 @@ def load_compact_clip(path, dtype=None):
             value[tensors[variable.path + _IDS_SUFFIX]] = rows
         # safetensors stores scalars (the logit scale) with shape [1].
         variable.assign(value.reshape(tuple(variable.shape)))
+    # The classifiers refuse class names with other tokens (their rows are zero).
+    backbone.known_token_ids = frozenset(int(i) for i in tensors[embedding.path + _IDS_SUFFIX])
     return backbone
 
 

@@ -1,10 +1,12 @@
 """The base of every classifier here: a frozen CLIP, a class set, images in 0..255."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from cocoop_tf.clip.prompts import clean_classnames
+from cocoop_tf.clip.tokenizer import decode
 from cocoop_tf.layers.image_normalization import CLIPImageNormalization
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
 
@@ -46,9 +48,29 @@ class CLIPClassifier(keras.Model):
         Args:
             classnames: list of class names; underscores become spaces.
         """
-        self.token_ids = self.tokenize_classnames(classnames)
+        token_ids = self.tokenize_classnames(classnames)
+        self._check_known_tokens(token_ids, classnames)
+        self.token_ids = token_ids
         self.classnames = clean_classnames(classnames)
         self._forget_traced_functions()
+
+    def _check_known_tokens(self, token_ids, classnames):
+        """A backbone that knows only some tokens (the demo's small CLIP) refuses other names."""
+        known = getattr(self.clip, "known_token_ids", None)
+        if known is None:
+            return
+        rows = np.asarray(token_ids).reshape(len(classnames), -1)
+        for name, row in zip(clean_classnames(classnames), rows):
+            unknown = sorted({int(i) for i in row if i and int(i) not in known})
+            if unknown:
+                words = ", ".join(repr(decode([i]).strip()) for i in unknown[:5])
+                raise ValueError(
+                    f"This backbone knows only the {len(known)} tokens of its own captions (the "
+                    f"demo's small CLIP, for digits and animal silhouettes); the prompt of class "
+                    f"{name!r} has tokens it never learned ({words}), whose embeddings are zero. "
+                    "Use a real CLIP (e.g. --backbone ViT-B-16.pt or clip_vit_base_patch16) for "
+                    "these classes."
+                )
 
     def _forget_traced_functions(self):
         # Traced functions hold the class set's token ids (or features) as constants.

@@ -3,7 +3,6 @@
 import json
 import warnings
 
-import keras
 import numpy as np
 
 from cocoop_tf.clip.backbone import fingerprint
