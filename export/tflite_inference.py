@@ -51,6 +51,11 @@ class TFLiteClassifier:
         token_ids = np.asarray(token_ids, np.int32)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"images has shape {images.shape}; expected {contract}.")
+        bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
+        if bad.size:  # the interpreter has no assertions: it would answer NaN
+            raise ValueError(
+                f"images {bad.tolist()[:8]} hold NaN or infinite pixel values; expected {contract}."
+            )
         try:
             return self.runner(images=images, token_ids=token_ids)
         except RuntimeError as error:

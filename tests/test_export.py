@@ -214,6 +214,10 @@ BAD_IMAGES = {
     "4 channels": np.zeros((1, 32, 32, 4), np.float32),
     "1 channel": np.zeros((1, 32, 32, 1), np.float32),
 }
+BAD_PIXELS = {
+    "a NaN pixel": np.where(np.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3) == 5000, np.nan, 9.0).astype(np.float32),
+    "an infinite pixel": np.full((1, 32, 32, 3), np.inf, np.float32),
+}
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +232,8 @@ def tensorflow_only(tmp_path_factory, exports, cases):
     for name, images in BAD_IMAGES.items():
         run.add(name, path, "serving_default", session=True, images=images, token_ids=cases[0][1])
         run.add(f"signature {name}", path, "serving_default", images=images, token_ids=cases[0][1])
+    for name, images in BAD_PIXELS.items():
+        run.add(name, path, "serving_default", session=True, images=images, token_ids=cases[0][1])
     for name, token_ids in _bad_token_ids(cocoop).items():
         run.add(name, path, "serving_default", images=cases[0][0], token_ids=token_ids)
     images = cases[1][0]
@@ -286,6 +292,8 @@ def test_saved_model_rejects_bad_images(tensorflow_only):
         # A loaded signature in Python may refuse the declared shape before the graph runs.
         refused = "TensorSpec(shape=(None, 32, 32, 3)" in errors[f"signature {name}"]
         assert refused or message in errors[f"signature {name}"]
+    for name in BAD_PIXELS:  # never NaN logits
+        assert "images hold NaN or infinite pixel values" in errors.get(name, ""), errors.get(name)
 
 
 def test_saved_model_rejects_bad_token_ids(tensorflow_only):
@@ -378,7 +386,7 @@ def test_dynamic_range_quantized_tflite_agrees_on_top1(tflite_models, trained):
 def test_tflite_fails_on_bad_input_then_serves_again(tflite_models, trained, cases):
     serve = _runner(tflite_models[None])
     images, token_ids, expected = cases[0]
-    bad = [{"images": value, "token_ids": token_ids} for value in BAD_IMAGES.values()]
+    bad = [{"images": value, "token_ids": token_ids} for value in [*BAD_IMAGES.values(), *BAD_PIXELS.values()]]
     bad += [{"images": images, "token_ids": value} for value in _bad_token_ids(trained[0]).values()]
     for inputs in bad:
         with pytest.raises(RuntimeError):

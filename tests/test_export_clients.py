@@ -197,6 +197,9 @@ def test_tflite_inference_example(examples, served, tmp_path, capsys):
         classify(images[..., :1], token_ids)
     with pytest.raises(ValueError, match="The model rejected token_ids of shape"):
         classify(images, token_ids[:0])
+    images[2, 5, 5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"images \[2\] hold NaN or infinite pixel values"):
+        classify(images, token_ids)
     tflite_inference.main(["--model", str(path), "--image-size", "32", "--images", *SAMPLES,
                            "--classnames", *NAMES])
     assert len(capsys.readouterr().out.splitlines()) == len(SAMPLES)

@@ -1,5 +1,6 @@
 """CoCoOp / CoOp as Keras models: fit, frozen backbone, saving, layers, precision, errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -193,6 +194,18 @@ def test_prompt_checkpoint_mismatch_is_explained(clip, tmp_path):
         cocoop_tf.CoOp.from_prompt(clip, path)
     with pytest.raises(ValueError, match="meta_net/linear1/.* has shape .*this model needs"):
         cocoop_tf.CoCoOp(clip, NAMES, reduction=2).load_prompt(path)
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file
+
+    from cocoop_tf.models.prompt_learning import read_prompt
+
+    for bad in (np.nan, 1e38):
+        tensors, metadata = load_file(path), read_prompt(path)[1]
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+        tensors["prompt_learner/ctx"][1, 2] = bad
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+        with pytest.raises(ValueError, match="prompt_learner/ctx holds NaN, infinite or absurd values"):
+            cocoop_tf.CoCoOp(clip, NAMES, reduction=4).load_prompt(tmp_path / "bad.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable prompt checkpoint"):
         cocoop_tf.CoCoOp(clip, NAMES).load_prompt(tmp_path / "junk.safetensors")
@@ -272,12 +285,57 @@ def test_empty_class_list(clip):
         cocoop_tf.CoCoOp(clip, [])
 
 
-def test_labels_outside_the_class_range(clip, colour_task):
+@pytest.mark.parametrize(
+    "mode, problem",
+    [("eager", "pixel"), ("graph", "pixel"), ("xla", "pixel"), ("xla", "label"), ("graph", "loss")],
+)
+def test_a_bad_batch_stops_training_before_it_changes_a_weight(clip, colour_task, mode, problem):
     images, labels = colour_task
-    model = cocoop_tf.CoCoOp(clip, NAMES[:3], reduction=4)
-    model.compile(optimizer=cocoop_tf.paper_optimizer(1))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Labels must be class indices in \[0, 3\)"):
-        model.fit(images[-8:], labels[-8:], epochs=1, verbose=0)  # label 3 of 3 classes
+    images, labels = images[:16].copy(), labels[:16].copy()
+    lr = 0.01
+    if problem == "pixel":
+        images[9, 3, 3, 1] = np.nan  # in the third batch of four
+    elif problem == "label":
+        labels[9] = 4  # of 4 classes: XLA drops graph assertions, this check stays
+    else:
+        lr = 1e30  # the first step sends the context far away; the next loss is not finite
+    model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+    model.compile(optimizer=cocoop_tf.paper_optimizer(4, epochs=1, lr=lr, warmup_epochs=0),
+                  run_eagerly=mode == "eager", jit_compile=mode == "xla")
+    start = [np.asarray(v).copy() for v in model.trainable_variables]
+    before = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            before[batch] = [np.asarray(v).copy() for v in model.trainable_variables]
+
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    expected = {"pixel": (ValueError, r"Batch 3 of epoch 1: 1 image value\(s\) are NaN or infinite"),
+                "label": (ValueError, r"Batch 3 of epoch 1: 1 label\(s\) are outside \[0, 4\)"),
+                "loss": (FloatingPointError, r"Batch 2 of epoch 1: the loss is nan")}[problem]
+    with pytest.raises(expected[0], match=expected[1] + r".*the weights are those before this batch"):
+        model.fit(data, epochs=1, verbose=0, callbacks=[Record()])
+    last = max(before)
+    assert last == {"pixel": 2, "label": 2, "loss": 1}[problem]
+    for value, variable in zip(before[last], model.trainable_variables):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    assert all(np.isfinite(np.asarray(v)).all() for v in model.trainable_variables)
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(start, model.trainable_variables))
+
+
+def test_non_finite_pixels_are_refused_at_inference(clip, colour_task):
+    images, labels = colour_task
+    model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+    model.compile(jit_compile=True)
+    bad = images[:6].copy()
+    bad[4, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"1 image\(s\) are not finite \(the first: image 4\)"):
+        model.predict(bad, verbose=0)
+    with pytest.raises(ValueError, match="NaN or infinite pixel values"):
+        model(bad)
+    with pytest.raises(ValueError, match=r"Evaluation batch 1: 1 image value\(s\) are NaN"):
+        model.evaluate(bad, labels[:6], verbose=0)
+    assert model.evaluate(images[:6], labels[:6], verbose=0, return_dict=True).keys() == {"loss", "accuracy"}
 
 
 def test_ctx_init_and_n_ctx_disagree(clip):

@@ -27,7 +27,7 @@ def require(value, condition, *message):
 
 
 def check_images(images, image_size):
-    """Checks that `images` is `[batch, image_size, image_size, 3]`.
+    """Checks that `images` is `[batch, image_size, image_size, 3]` and finite.
 
     Args:
         images: float tensor of RGB pixel values 0..255.
@@ -45,6 +45,12 @@ def check_images(images, image_size):
     shape = tf.shape(images)
     images = require(
         images, tf.reduce_all(tf.equal(shape[1:], [image_size, image_size, 3])), message, shape
+    )
+    finite = tf.math.is_finite(images)
+    images = require(
+        images, tf.reduce_all(finite),
+        "images hold NaN or infinite pixel values; send RGB values 0..255. Non-finite values:",
+        tf.reduce_sum(tf.cast(~finite, tf.int32)),
     )
     # Static again for the converter and XNNPACK where the input was declared dynamic.
     return tf.reshape(images, (-1, image_size, image_size, 3))

@@ -9,6 +9,10 @@ from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.tokenizer import decode
 from cocoop_tf.layers.image_normalization import CLIPImageNormalization
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
+from cocoop_tf.training.batch_guard import PROBLEMS
+from cocoop_tf.training.batch_guard import BatchGuard
+from cocoop_tf.training.batch_guard import batch_problems
+from cocoop_tf.training.batch_guard import in_range
 
 
 def l2_normalize(x):
@@ -24,8 +28,10 @@ class CLIPClassifier(keras.Model):
     set), and call `set_classnames` at the end of `__init__`.
 
     `compile()` defaults to the paper's loss (cross-entropy on the logits)
-    and an accuracy metric; training and evaluation check that labels are
-    class indices of the current class set.
+    and an accuracy metric. Training and evaluation stop with an error on a
+    batch with NaN or infinite pixels or labels outside the class set (and
+    training on a non-finite loss), and undo it: in eager, graph and XLA
+    modes alike; `predict` refuses non-finite results.
 
     Args:
         clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
@@ -77,6 +83,11 @@ class CLIPClassifier(keras.Model):
         self.train_function = self.test_function = self.predict_function = None
 
     def call(self, images):
+        # Eager inference refuses bad pixels here; fit and evaluate report them
+        # through their batch check (which also works under XLA), predict by its results.
+        stepping = getattr(self, "_stepping", False)
+        if tf.executing_eagerly() and not stepping and not np.isfinite(keras.ops.convert_to_numpy(images)).all():
+            raise ValueError("The images hold NaN or infinite pixel values; check them.")
         return self.classify(images, self.token_ids)
 
     def encode_images(self, images):
@@ -99,36 +110,64 @@ class CLIPClassifier(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`; with a `tf.data.Dataset`, `shuffle` defaults to False.
+        """`keras.Model.fit`, stopping on a bad batch before it changes any weight.
 
-        A dataset shuffles itself (`to_tf_dataset(training=True)` does), and
-        Keras would only warn that its default `shuffle=True` is ignored.
+        A batch with NaN or infinite pixels, labels outside the class range,
+        or a non-finite loss is undone and raises an error naming it (see
+        `cocoop_tf.training.batch_guard`), also under XLA. With a
+        `tf.data.Dataset`, `shuffle` defaults to False: a dataset shuffles
+        itself (`to_tf_dataset(training=True)` does), and Keras would only
+        warn that its default `shuffle=True` is ignored.
         """
         x = args[0] if args else kwargs.get("x")
         if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 9:
             kwargs["shuffle"] = False
+        kwargs["callbacks"] = self._guarded(kwargs.get("callbacks"))
         return super().fit(*args, **kwargs)
 
+    def evaluate(self, *args, return_dict=False, **kwargs):
+        """`keras.Model.evaluate`, stopping on NaN pixels or out-of-range labels."""
+        kwargs["callbacks"] = self._guarded(kwargs.get("callbacks"))
+        logs = super().evaluate(*args, return_dict=True, **kwargs)
+        logs.pop(PROBLEMS, None)
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
+
+    def predict(self, *args, **kwargs):
+        """`keras.Model.predict`; rows that are not finite (NaN or infinite pixels) are an error."""
+        logits = super().predict(*args, **kwargs)
+        bad = np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=-1))
+        if bad.size:
+            raise ValueError(
+                f"The logits of {bad.size} image(s) are not finite (the first: image "
+                f"{bad[0]}): their pixels hold NaN or infinite values. Check the images."
+            )
+        return logits
+
+    def _guarded(self, callbacks):
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # fit's own, for validation
+            return callbacks
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, BatchGuard) for c in callbacks):
+            callbacks.insert(0, BatchGuard(len(self.classnames)))
+        return callbacks
+
     def train_step(self, data):
-        return super().train_step(self._check_labels(data))
+        return self._checked_step(super().train_step, data)
 
     def test_step(self, data):
-        return super().test_step(self._check_labels(data))
+        return self._checked_step(super().test_step, data)
 
-    def _check_labels(self, data):
+    def _checked_step(self, step, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError("Training and evaluation need (images, labels) pairs.")
-        num_classes = len(self.classnames)
-        y = tf.convert_to_tensor(y)
-        check = tf.debugging.Assert(
-            tf.reduce_all((y >= 0) & (y < num_classes)),
-            [f"Labels must be class indices in [0, {num_classes}) for this model's "
-             f"{num_classes} classes; check the labels or set_classnames(). Got:", y],
-        )
-        with tf.control_dependencies([check]):
-            y = tf.identity(y)
-        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        problems = batch_problems(x, y, len(self.classnames))
+        data = keras.utils.pack_x_y_sample_weight(x, in_range(y, len(self.classnames)), sample_weight)
+        self._stepping = True
+        try:
+            return {**step(data), PROBLEMS: problems}
+        finally:
+            self._stepping = False
 
     # --- serialisation -------------------------------------------------------------
 

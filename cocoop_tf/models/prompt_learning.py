@@ -14,6 +14,9 @@ from cocoop_tf.layers.prompt_learner import PromptLearner
 from cocoop_tf.models.clip_classifier import CLIPClassifier
 
 PROMPT_FORMAT = "cocoop_tf.prompt/1"
+# Learned context vectors sit near token embeddings (about 0.01-1); anything
+# this large only comes from a damaged file or a diverged run.
+MAX_PROMPT_VALUE = 1e6
 
 
 class PromptLearningModel(CLIPClassifier):
@@ -174,6 +177,14 @@ class PromptLearningModel(CLIPClassifier):
                 f"Prompt checkpoint {str(path)!r} holds {sorted(tensors)}, this model "
                 f"learns {sorted(variables)}."
             )
+        for name, value in tensors.items():
+            if not np.isfinite(value).all() or np.abs(value).max(initial=0) > MAX_PROMPT_VALUE:
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r}: {name} holds NaN, infinite or absurd values "
+                    f"(largest magnitude {np.nanmax(np.abs(value), initial=0):g}; training leaves "
+                    f"them far below {MAX_PROMPT_VALUE:g}). The file is damaged or came from a run "
+                    "that diverged; use an earlier epoch's checkpoint or train again."
+                )
         for name, value in tensors.items():
             if tuple(value.shape) != tuple(variables[name].shape):
                 raise ValueError(
