@@ -161,6 +161,61 @@ def test_openai_torchscript_archive(openai_model, tmp_path, rng):
     _check_openai(cocoop_tf.load_clip(path), openai_model, rng, 40)
 
 
+def test_float16_torchscript_archive_reads_as_torch_does(openai_model, tmp_path):
+    """OpenAI's archives store float16; the reader rebuilds every tensor torch.jit.load does."""
+    from cocoop_tf.clip.torchscript import read_torchscript_tensors
+
+    example = (torch.zeros(1, 3, 40, 40), torch.ones(1, 77, dtype=torch.long))
+    traced = torch.jit.trace(copy.deepcopy(openai_model), example, check_trace=False).half()
+    torch.jit.save(traced, tmp_path / "half.pt")
+    expected = torch.jit.load(tmp_path / "half.pt").state_dict()
+    tensors = read_torchscript_tensors(tmp_path / "half.pt")
+    assert tensors.keys() == expected.keys()
+    for name, value in expected.items():
+        assert tensors[name].dtype == np.float16, name
+        np.testing.assert_array_equal(tensors[name], value.numpy(), err_msg=name)
+
+
+class PlantingModule(torch.nn.Module):
+    """A TorchScript module whose __setstate__, run by torch.jit.load, creates a file."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(2))
+        self.target = target
+
+    def forward(self, x):
+        return x + self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return (self.weight, self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        planted = torch.from_file(state[1], True, 2, dtype=torch.float32)  # writes the file
+        self.weight = state[0] + planted
+        self.target = state[1]
+        self.training = state[2]
+
+
+def test_torchscript_archive_code_never_runs(tmp_path):
+    import subprocess
+
+    target = tmp_path / "planted"
+    path = tmp_path / "ViT-B-16.pt"
+    torch.jit.script(PlantingModule(str(target))).save(path)
+    result = subprocess.run(
+        ["cocoop-tf", "zeroshot", "--backbone", path, "--classnames", "a", "--images", "x.jpg"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Not an OpenAI-layout ViT CLIP state dict" in result.stderr
+    assert not target.exists()  # read without running the archive's code
+    torch.jit.load(path)  # what it would have done
+    assert target.exists()
+
+
 def test_open_clip_checkpoint_safetensors_and_head_override(tmp_path, rng):
     model = OpenAICLIP(
         embed_dim=40, resolution=24, patch=6, vision_width=72, vision_layers=1,

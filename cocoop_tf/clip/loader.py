@@ -7,6 +7,7 @@ import re
 import zipfile
 
 import keras_hub
+import numpy as np
 
 from cocoop_tf.clip.backbone import CLIPArchitecture
 from cocoop_tf.clip.backbone import architecture_of
@@ -18,6 +19,8 @@ from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
 from cocoop_tf.clip.convert import check_not_resnet
 from cocoop_tf.clip.convert import load_hf_weights
+from cocoop_tf.clip.torchscript import is_torchscript_archive
+from cocoop_tf.clip.torchscript import read_torchscript_tensors
 from cocoop_tf.demo.weights import MINI_CLIP_NAME
 from cocoop_tf.demo.weights import load_mini_clip
 
@@ -161,6 +164,13 @@ def _read_state_dict(path):
 
 
 def _read_torch_file(path):
+    if is_torchscript_archive(path):
+        # OpenAI's released .pt files are TorchScript archives: read their
+        # tensors without running the code they carry (no PyTorch needed).
+        return {
+            key: value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
+            for key, value in read_torchscript_tensors(path).items()
+        }
     try:
         import torch
     except ImportError:
@@ -170,22 +180,16 @@ def _read_torch_file(path):
         ) from None
     if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
         raise CheckpointError(f"{path!r} is not a PyTorch checkpoint file.")
-    if zipfile.is_zipfile(path) and any(
-        "/code/" in name for name in zipfile.ZipFile(path).namelist()
-    ):
-        # OpenAI's released .pt files are TorchScript archives.
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            raise CheckpointError(
-                f"Refused to read {path!r}: besides tensors it holds Python objects"
-                f"{f' ({found.group(1)})' if found else ''}, and unpickling them could run "
-                "code. Save only the state dict (torch.save(model.state_dict(), path)) or "
-                "convert it to .safetensors, and load that."
-            ) from None
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise CheckpointError(
+            f"Refused to read {path!r}: besides tensors it holds Python objects"
+            f"{f' ({found.group(1)})' if found else ''}, and unpickling them could run "
+            "code. Save only the state dict (torch.save(model.state_dict(), path)) or "
+            "convert it to .safetensors, and load that."
+        ) from None
     if "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
     return {
