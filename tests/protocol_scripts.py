@@ -1,6 +1,7 @@
 """Runs for test_protocols.py that need a process of their own.
 
-    python protocol_scripts.py resume DATA_ROOT OUTPUT none|after_epoch_1|resume
+    python protocol_scripts.py resume DATA_ROOT OUTPUT none|resume|kill_in_checkpoint_3|kill_writing_result
+    python protocol_scripts.py hold DATA_ROOT OUTPUT -
     python protocol_scripts.py mirrored DATA_ROOT OUTPUT -
     python protocol_scripts.py wide_prompt DATA_ROOT FILE -
 """
@@ -10,6 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
@@ -26,23 +28,48 @@ def train(data_root, output, resume=False, **settings):
 
 
 def resume(data_root, output, mode):
+    """Trains 3 epochs; `kill_*` modes die by SIGKILL (no clean-up at all) at one point."""
+    import signal
+
     from cocoop_tf.protocols.training import EpochCheckpoints
 
-    if mode == "after_epoch_1":
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "kill_in_checkpoint_3":  # the optimizer file written, the prompt file not
         save = EpochCheckpoints.save
 
-        def save_then_stop(self, epoch, model):
-            save(self, epoch, model)
-            if epoch == 1:
-                raise KeyboardInterrupt  # as if the job were killed here
+        def save_then_die(self, epoch, model):
+            if epoch == 3:
+                from cocoop_tf.files import save_safetensors
 
-        EpochCheckpoints.save = save_then_stop
-        try:
-            train(data_root, output, epochs=3, deterministic=True)
-        except KeyboardInterrupt:
-            sys.exit(3)
-    else:
-        train(data_root, output, resume=mode == "resume", epochs=3, deterministic=True)
+                state = {v.path: np.asarray(v) for v in model.optimizer.variables}
+                save_safetensors(self._optimizer_path(self.path(epoch)), state)
+                die()
+            save(self, epoch, model)
+
+        EpochCheckpoints.save = save_then_die
+    elif mode == "kill_writing_result":  # result.json's data written beside it, not yet renamed
+        replace = os.replace
+
+        def replace_or_die(source, target):
+            if str(target).endswith("result.json"):
+                die()
+            replace(source, target)
+
+        os.replace = replace_or_die
+    train(data_root, output, resume=mode == "resume", epochs=3, deterministic=True)
+
+
+def hold(output):
+    """Holds a run folder's lock, as a working run does, until killed."""
+    import time
+
+    from cocoop_tf.protocols.run_folder import RunFolder
+
+    RunFolder(output, {"held": True})
+    print("holding", flush=True)
+    time.sleep(600)
 
 
 def mirrored(data_root, output):
@@ -69,5 +96,7 @@ if __name__ == "__main__":
         resume(data_root, output, option)
     elif command == "mirrored":
         mirrored(data_root, output)
+    elif command == "hold":
+        hold(output)
     else:
         wide_prompt(output)

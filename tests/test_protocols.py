@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from conftest import user_environment
 from cocoop_tf.data import load_dataset
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
+from cocoop_tf.protocols.run_folder import RunFolder
 from cocoop_tf.protocols import load_predictions
 from cocoop_tf.protocols import run_protocol
 from cocoop_tf.protocols.published import BASE_TO_NEW
@@ -273,32 +275,74 @@ def test_train_then_evaluate_a_folder_with_underscore_names(tmp_path):
 # --- resume and distribution ------------------------------------------------------------
 
 
-def test_resume_after_an_interruption_gives_the_same_weights(data_root, tmp_path):
-    script = TESTS / "protocol_scripts.py"
-    whole = subprocess.run(
-        [sys.executable, script, "resume", data_root, tmp_path / "whole", "none"],
-        capture_output=True, text=True,
-    )
+def _script(*args):
+    return subprocess.run([sys.executable, TESTS / "protocol_scripts.py", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_killed_and_damaged_runs_resume_to_the_same_weights(data_root, tmp_path):
+    whole = _script("resume", data_root, tmp_path / "whole", "none")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    cut = subprocess.run(
-        [sys.executable, script, "resume", data_root, tmp_path / "cut", "after_epoch_1"],
-        capture_output=True, text=True,
-    )
-    assert cut.returncode == 3, cut.stderr[-3000:]  # interrupted
-    assert not (tmp_path / "cut" / "runs" / "cocoop_seed1" / "prompt.safetensors").exists()
-    resumed = subprocess.run(
-        [sys.executable, script, "resume", data_root, tmp_path / "cut", "resume"],
-        capture_output=True, text=True,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed after epoch 1" in resumed.stdout
-    a = load_file(tmp_path / "whole" / "runs" / "cocoop_seed1" / "prompt.safetensors")
-    b = load_file(tmp_path / "cut" / "runs" / "cocoop_seed1" / "prompt.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    final = load_file(tmp_path / "whole" / "runs" / "cocoop_seed1" / "prompt.safetensors")
     first = load_file(tmp_path / "whole" / "runs" / "cocoop_seed1" / "checkpoints" / "epoch_001.safetensors")
-    assert any(not np.array_equal(first[k], a[k]) for k in a)  # epochs 2-3 did train
+    assert any(not np.array_equal(first[k], final[k]) for k in final)  # epochs 2-3 did train
+
+    def same_as_whole(folder):
+        prompt = load_file(folder / "runs" / "cocoop_seed1" / "prompt.safetensors")
+        assert prompt.keys() == final.keys()
+        for name in final:
+            np.testing.assert_array_equal(prompt[name], final[name], err_msg=name)
+
+    # SIGKILL while epoch 3's checkpoint is half written; then, as an older version or another
+    # tool might leave them, an empty run.json and a truncated few-shot record and epoch 2.
+    cut = tmp_path / "cut"
+    killed = _script("resume", data_root, cut, "kill_in_checkpoint_3")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (cut / "run.json").write_text("")
+    record = cut / "splits" / "oxford_pets_shot_2-seed_1.json"
+    record.write_bytes(record.read_bytes()[:40])
+    epoch_2 = cut / "runs" / "cocoop_seed1" / "checkpoints" / "epoch_002.safetensors"
+    epoch_2.write_bytes(epoch_2.read_bytes()[:100])
+    resumed = _script("resume", data_root, cut, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "run.json was damaged; written again" in resumed.stdout
+    assert "oxford_pets_shot_2-seed_1.json is damaged" in resumed.stderr
+    assert "epoch_002.safetensors (or its optimizer file) is damaged" in resumed.stdout
+    assert "resumed after epoch 1" in resumed.stdout
+    same_as_whole(cut)
+
+    # SIGKILL while result.json is written: the run is evaluated again, not trained again.
+    late = tmp_path / "late"
+    killed = _script("resume", data_root, late, "kill_writing_result")
+    assert killed.returncode == -9 and not (late / "runs" / "cocoop_seed1" / "result.json").exists()
+    resumed = _script("resume", data_root, late, "resume")
+    assert resumed.returncode == 0 and "resumed after epoch 3" in resumed.stdout, resumed.stderr[-3000:]
+    same_as_whole(late)
+    accuracy = json.loads((late / "results.json").read_text())["runs"][0]["accuracy"]
+    assert accuracy == json.loads((tmp_path / "whole" / "results.json").read_text())["runs"][0]["accuracy"]
+    # A truncated result.json of a finished run: evaluated again, the same numbers.
+    result = late / "runs" / "cocoop_seed1" / "result.json"
+    result.write_bytes(result.read_bytes()[:10])
+    again = _script("resume", data_root, late, "resume")
+    assert again.returncode == 0 and "result.json is damaged; evaluating this run again" in again.stdout
+    assert json.loads(result.read_text())["accuracy"] == accuracy
+
+
+def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, TESTS / "protocol_scripts.py", "hold", "-", tmp_path / "run", "-"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunFolderError, match=rf"in use by another process \(process {holder.pid} on "):
+            RunFolder(tmp_path / "run", {"held": True}, resume=True, log=lambda *a: None)
+    finally:
+        holder.kill()  # SIGKILL: the lock is never released by the holder itself
+        holder.wait()
+    lines = []
+    folder = RunFolder(tmp_path / "run", {"held": True}, resume=True, log=lines.append)
+    folder.close()
+    assert lines == [f"Taking over {tmp_path / 'run' / '.lock'} from process {holder.pid} on "
+                     f"{socket.gethostname()}, which is no longer running"]
 
 
 def test_mirrored_strategy_on_two_cpus_matches_one_device(data_root, tmp_path):

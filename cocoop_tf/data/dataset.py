@@ -198,9 +198,13 @@ class ImageDataset:
         if cache_dir is not None:
             filename = f"{_safe(self.name)}_shot_{shots}-seed_{seed}.json"
             record = os.path.join(os.fspath(cache_dir), filename)
+        chosen = None
         if record is not None and os.path.exists(record):
             chosen = self._read_record(record, shots, seed)
-        else:
+            if chosen is None:
+                warnings.warn(f"{record} is damaged (empty or truncated); sampling the same choice again.",
+                              stacklevel=2)
+        if chosen is None:
             rng = random.Random(seed)
             chosen = {}
             for split, k in (("train", shots), ("val", min(shots, 4))):
@@ -374,8 +378,12 @@ class ImageDataset:
         write_text(path, json.dumps(record, indent=0))
 
     def _read_record(self, path, shots, seed):
-        with open(path) as f:
-            record = json.load(f)
+        """The recorded choice, or None when the file is damaged."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
         if (record.get("format"), record.get("shots"), record.get("seed")) != (
             FEW_SHOT_FORMAT, shots, seed,
         ):

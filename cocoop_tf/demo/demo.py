@@ -50,7 +50,7 @@ def run_demo(output="cocoop_demo", data_root=None, log=print):
     """
     from cocoop_tf.protocols import RunConfig
     from cocoop_tf.protocols import run_protocol
-    from cocoop_tf.protocols.runner import RUN_FILE
+    from cocoop_tf.protocols.run_folder import RUN_FILE
 
     started = time.time()
     config = RunConfig(**DEMO_SETTINGS, data_root=data_root)

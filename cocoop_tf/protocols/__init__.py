@@ -13,5 +13,5 @@ from cocoop_tf.protocols.config import make_config
 from cocoop_tf.protocols.config import read_config_file
 from cocoop_tf.protocols.evaluation import load_predictions
 from cocoop_tf.protocols.results import harmonic_mean
-from cocoop_tf.protocols.runner import RunFolderError
+from cocoop_tf.protocols.run_folder import RunFolderError
 from cocoop_tf.protocols.runner import run_protocol

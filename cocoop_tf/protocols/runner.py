@@ -41,75 +41,10 @@ from cocoop_tf.protocols.results import harmonic_mean
 from cocoop_tf.protocols.results import summarize
 from cocoop_tf.protocols.results import versions
 from cocoop_tf.protocols.results import write_results
+from cocoop_tf.protocols.run_folder import RunFolder
+from cocoop_tf.protocols.run_folder import read_json
 from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
-
-RUN_FILE = "run.json"
-
-
-class RunFolderError(ValueError):
-    """The output folder holds another run, or this run without --resume."""
-
-
-class RunFolder:
-    """The output folder of one run; never mixes two runs.
-
-    Layout: `run.json` (the protocol and settings), `splits/` (the few-shot
-    choices), `runs/<method>_seed<seed>/` (per-epoch `checkpoints/`,
-    `tensorboard/`, the final `prompt.safetensors`, `predictions/*.npz` and
-    `result.json`), and the reports `results.{json,md,csv,png}`.
-
-    Args:
-        path: the folder.
-        settings: a JSON-able dict that identifies the run.
-        resume: continue the run already in the folder.
-        write_files: False on non-chief workers of a cluster.
-    """
-
-    def __init__(self, path, settings, resume=False, write_files=True):
-        self.path = os.fspath(path)
-        self.write_files = write_files
-        run_file = os.path.join(self.path, RUN_FILE)
-        if os.path.exists(run_file):
-            with open(run_file, encoding="utf-8") as f:
-                stored = json.load(f)
-            if stored != settings:
-                differing = _differences(stored, settings)
-                raise RunFolderError(
-                    f"Output folder {self.path!r} holds another run (different "
-                    f"{', '.join(differing)}). Choose a new --output folder, or delete "
-                    "this one to start over."
-                )
-            if not resume:
-                raise RunFolderError(
-                    f"Output folder {self.path!r} already holds this run. Pass --resume to "
-                    "continue it (finished parts are kept), or choose a new --output folder."
-                )
-        elif os.path.isdir(self.path) and os.listdir(self.path):
-            raise RunFolderError(
-                f"Output folder {self.path!r} is not empty and holds no cocoop-tf run; "
-                "choose a new or empty --output folder."
-            )
-        elif write_files:
-            os.makedirs(self.path, exist_ok=True)
-            write_text(run_file, json.dumps(settings, indent=2))
-
-    def run_dir(self, method, seed):
-        return os.path.join(self.path, "runs", method if seed is None else f"{method}_seed{seed}")
-
-    def relative(self, path):
-        return os.path.relpath(path, self.path)
-
-
-def _differences(stored, settings):
-    keys = []
-    for key in sorted(set(stored) | set(settings)):
-        if isinstance(stored.get(key), dict) and isinstance(settings.get(key), dict):
-            keys += [f"{key}.{k}" for k in _differences(stored[key], settings[key])]
-        elif stored.get(key) != settings.get(key):
-            keys.append(key)
-    return keys
-
 
 def _canonical(name):
     benchmark = find_benchmark(os.fspath(name))
@@ -206,117 +141,121 @@ def run_protocol(
         "prompts": [os.path.abspath(p) for p in prompts],
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size")},
     }
-    folder = RunFolder(output, settings, resume, write_files=is_chief())
-
-    strategy = make_strategy(config.strategy, config.tpu)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
+    folder = RunFolder(output, settings, resume, write_files=is_chief(), log=log)
     try:
-        with strategy.scope():
-            clip = load_clip(config.backbone)
-        image_size = config.image_size or clip.vision_encoder.image_shape[0]
-        log(
-            f"{protocol}: backbone {config.backbone} ({image_size}px), "
-            f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
-        )
-        if prompts:
-            jobs = [(metadata["method"].lower(), None, path) for metadata, path in zip(prompt_metadata, prompts)]
-        else:
-            jobs = [
-                (method, seed, None)
-                for method in config.methods
-                for seed in ([None] if method == "zeroshot" else config.seeds)
-            ]
-        runs = []
-        for index, (method, seed, prompt) in enumerate(jobs, start=1):
-            run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
-                folder.path, "runs", f"prompt{index}"
+        strategy = make_strategy(config.strategy, config.tpu)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(config.precision)
+        try:
+            with strategy.scope():
+                clip = load_clip(config.backbone)
+            image_size = config.image_size or clip.vision_encoder.image_shape[0]
+            log(
+                f"{protocol}: backbone {config.backbone} ({image_size}px), "
+                f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
             )
-            label = f"[{index}/{len(jobs)}] {METHOD_NAMES[method]}" + ("" if seed is None else f", seed {seed}")
-            result_file = os.path.join(run_dir, "result.json")
-            if resume and os.path.exists(result_file):
-                with open(result_file, encoding="utf-8") as f:
-                    runs.append(json.load(f))
-                log(f"{label}: done before, kept")
-                continue
-            log(f"{label}")
-            set_seeds(seed if seed is not None else 0, config.deterministic)
-            model = None
-            if prompt is not None:
-                with strategy.scope():
-                    model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
-            elif method != "zeroshot":
-                few_shot = source_data.few_shot(
-                    config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
-                ).subsample(subset).without(skipped)
-                log(
-                    f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
-                    f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
+            if prompts:
+                jobs = [(metadata["method"].lower(), None, path) for metadata, path in zip(prompt_metadata, prompts)]
+            else:
+                jobs = [
+                    (method, seed, None)
+                    for method in config.methods
+                    for seed in ([None] if method == "zeroshot" else config.seeds)
+                ]
+            runs = []
+            for index, (method, seed, prompt) in enumerate(jobs, start=1):
+                run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
+                    folder.path, "runs", f"prompt{index}"
                 )
-                training = training_record(protocol, source_name, subset, seed, config)
-                with strategy.scope():
-                    model = build_model(method, clip, few_shot.classnames, config, None)
-                    train_prompt_model(
-                        model, few_shot, config, seed, image_size,
-                        checkpoint_dir=os.path.join(run_dir, "checkpoints"),
-                        log_dir=os.path.join(run_dir, "tensorboard"),
-                        resume=resume, write_files=folder.write_files, training=training, log=log,
-                    )
-                if folder.write_files:
-                    model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
-            run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
-            if prompt is not None:
-                run["prompt"] = os.path.abspath(prompt)
-                run["trained"] = prompt_metadata[index - 1].get("training")
-                run["seed"] = (run["trained"] or {}).get("seed")
-            for key, view in views:
-                if method == "zeroshot":
+                label = f"[{index}/{len(jobs)}] {METHOD_NAMES[method]}" + ("" if seed is None else f", seed {seed}")
+                result_file = os.path.join(run_dir, "result.json")
+                if resume and os.path.exists(result_file):
+                    done = read_json(result_file)
+                    if done is not None:
+                        runs.append(done)
+                        log(f"{label}: done before, kept")
+                        continue
+                    log(f"{label}: {result_file} is damaged; evaluating this run again")
+                log(f"{label}")
+                set_seeds(seed if seed is not None else 0, config.deterministic)
+                model = None
+                if prompt is not None:
                     with strategy.scope():
-                        model = build_model(method, clip, view.classnames, config, config.templates or view.template)
-                else:
-                    model.set_classnames(view.classnames)
-                labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
-                run["accuracy"][key] = accuracy(labels, predicted)
-                path = os.path.join(run_dir, "predictions", f"{key}.npz")
+                        model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
+                elif method != "zeroshot":
+                    few_shot = source_data.few_shot(
+                        config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
+                    ).subsample(subset).without(skipped)
+                    log(
+                        f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
+                        f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
+                    )
+                    training = training_record(protocol, source_name, subset, seed, config)
+                    with strategy.scope():
+                        model = build_model(method, clip, few_shot.classnames, config, None)
+                        train_prompt_model(
+                            model, few_shot, config, seed, image_size,
+                            checkpoint_dir=os.path.join(run_dir, "checkpoints"),
+                            log_dir=os.path.join(run_dir, "tensorboard"),
+                            resume=resume, write_files=folder.write_files, training=training, log=log,
+                        )
+                    if folder.write_files:
+                        model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
+                run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
+                if prompt is not None:
+                    run["prompt"] = os.path.abspath(prompt)
+                    run["trained"] = prompt_metadata[index - 1].get("training")
+                    run["seed"] = (run["trained"] or {}).get("seed")
+                for key, view in views:
+                    if method == "zeroshot":
+                        with strategy.scope():
+                            model = build_model(method, clip, view.classnames, config, config.templates or view.template)
+                    else:
+                        model.set_classnames(view.classnames)
+                    labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
+                    run["accuracy"][key] = accuracy(labels, predicted)
+                    path = os.path.join(run_dir, "predictions", f"{key}.npz")
+                    if folder.write_files:
+                        save_predictions(path, labels, predicted, view.classnames)
+                    run["predictions"][key] = folder.relative(path)
+                    log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
+                if protocol == "base2new":
+                    run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
+                    log(f"  H: {run['h']:.2f}")
                 if folder.write_files:
-                    save_predictions(path, labels, predicted, view.classnames)
-                run["predictions"][key] = folder.relative(path)
-                log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
-            if protocol == "base2new":
-                run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
-                log(f"  H: {run['h']:.2f}")
-            if folder.write_files:
-                write_text(result_file, json.dumps(run, indent=2))
-            runs.append(run)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+                    write_text(result_file, json.dumps(run, indent=2))
+                runs.append(run)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
-    keys = [key for key, _ in views]
-    targets = [key for key in keys if key != source_name]
-    if protocol == "base2new":
-        published = published_base_to_new(source_name)
-    elif protocol in ("cross-dataset", "domain-generalization"):
-        published = published_transfer(protocol, source_name)
-    else:
-        published = None
-    results = {
-        **settings,
-        "config": config.to_dict(),
-        "versions": versions(),
-        "evaluations": keys,
-        "targets": targets,
-        "classes": {key: view.classnames for key, view in views},
-        "runs": runs,
-        "summary": summarize(protocol, runs, keys, targets),
-        "published": published,
-        "seconds": round(time.time() - started, 1),
-    }
-    if folder.write_files:
-        table = write_results(folder.path, results)
-        log("")
-        log(table)
-        log(f"Results in {folder.path}: results.json, results.md, results.csv, results.png")
-    return results
+        keys = [key for key, _ in views]
+        targets = [key for key in keys if key != source_name]
+        if protocol == "base2new":
+            published = published_base_to_new(source_name)
+        elif protocol in ("cross-dataset", "domain-generalization"):
+            published = published_transfer(protocol, source_name)
+        else:
+            published = None
+        results = {
+            **settings,
+            "config": config.to_dict(),
+            "versions": versions(),
+            "evaluations": keys,
+            "targets": targets,
+            "classes": {key: view.classnames for key, view in views},
+            "runs": runs,
+            "summary": summarize(protocol, runs, keys, targets),
+            "published": published,
+            "seconds": round(time.time() - started, 1),
+        }
+        if folder.write_files:
+            table = write_results(folder.path, results)
+            log("")
+            log(table)
+            log(f"Results in {folder.path}: results.json, results.md, results.csv, results.png")
+        return results
+    finally:
+        folder.close()
 
 
 def training_record(protocol, source, subset, seed, config):

@@ -9,11 +9,13 @@ import sys
 
 import keras
 import numpy as np
+from safetensors.numpy import load_file
 
 from cocoop_tf.files import save_safetensors
 from cocoop_tf.models import CoCoOp
 from cocoop_tf.models import CoOp
 from cocoop_tf.models import ZeroShotCLIP
+from cocoop_tf.models.prompt_learning import read_prompt
 from cocoop_tf.training import paper_optimizer
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
@@ -67,29 +69,43 @@ class EpochCheckpoints:
     def path(self, epoch):
         return os.path.join(self.folder, f"epoch_{epoch:03d}.safetensors")
 
-    def latest(self):
-        """The last epoch with both files written, or 0."""
+    def latest(self, log=print):
+        """The last epoch whose two files are both whole, or 0.
+
+        A damaged checkpoint (empty or truncated) is passed over, with a
+        line saying so: training then resumes from the epoch before it.
+        """
         epochs = []
         for path in glob.glob(os.path.join(self.folder, "epoch_*.safetensors")):
             match = _EPOCH_FILE.search(os.path.basename(path))
-            if match and os.path.exists(path[: -len(".safetensors")] + ".optimizer.safetensors"):
+            if match and os.path.exists(self._optimizer_path(path)):
                 epochs.append(int(match.group(1)))
-        return max(epochs, default=0)
+        for epoch in sorted(epochs, reverse=True):
+            path = self.path(epoch)
+            try:
+                read_prompt(path)
+                load_file(self._optimizer_path(path))
+                return epoch
+            except Exception as error:  # any damage: fall back to the epoch before
+                log(f"  {path} (or its optimizer file) is damaged ({error}); using the epoch before it")
+        return 0
+
+    @staticmethod
+    def _optimizer_path(path):
+        return path[: -len(".safetensors")] + ".optimizer.safetensors"
 
     def save(self, epoch, model):
         path = self.path(epoch)
         state = {v.path: np.asarray(v) for v in model.optimizer.variables}
         # The prompt file last: `latest` trusts an epoch only once both exist.
-        save_safetensors(path[: -len(".safetensors")] + ".optimizer.safetensors", state)
+        save_safetensors(self._optimizer_path(path), state)
         model.save_prompt(path, training=self.training)
 
     def restore(self, epoch, model):
-        from safetensors.numpy import load_file
-
         path = self.path(epoch)
         model.load_prompt(path)
         model.optimizer.build(model.trainable_variables)
-        state = load_file(path[: -len(".safetensors")] + ".optimizer.safetensors")
+        state = load_file(self._optimizer_path(path))
         variables = {v.path: v for v in model.optimizer.variables}
         if set(state) != set(variables):
             raise ValueError(
@@ -149,7 +165,7 @@ def train_prompt_model(
         jit_compile=config.jit_compile,
     )
     checkpoints = EpochCheckpoints(checkpoint_dir, training)
-    start = checkpoints.latest() if resume else 0
+    start = checkpoints.latest(log) if resume else 0
     if start:
         checkpoints.restore(start, model)
         log(f"  resumed after epoch {start} from {checkpoints.path(start)}")

@@ -1,0 +1,145 @@
+"""The output folder of one run: never two runs in it, never two processes, never a broken file.
+
+Every file is written whole (`cocoop_tf.files`), a lock keeps a second
+process out while a run works in the folder (a dead process's lock is taken
+over), and `--resume` recovers from files that a full disk or a killed
+process of an older version left empty or truncated: `run.json` is written
+again, a damaged few-shot record is sampled again, a damaged epoch
+checkpoint falls back to the epoch before it, and a damaged `result.json`
+makes that run evaluate again.
+"""
+
+import json
+import os
+import socket
+
+from cocoop_tf.files import write_text
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(ValueError):
+    """The output folder holds another run, this run without --resume, or a working process."""
+
+
+def read_json(path):
+    """The JSON value in `path`, or None when the file is empty, truncated or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+class RunFolder:
+    """The output folder of one run; never mixes two runs.
+
+    Layout: `run.json` (the protocol and settings), `splits/` (the few-shot
+    choices), `runs/<method>_seed<seed>/` (per-epoch `checkpoints/`,
+    `tensorboard/`, the final `prompt.safetensors`, `predictions/*.npz` and
+    `result.json`), the reports `results.{json,md,csv,png}`, and `.lock`
+    while a process works in it. Call `close` when the run ends.
+
+    Args:
+        path: the folder.
+        settings: a JSON-able dict that identifies the run.
+        resume: continue the run already in the folder.
+        write_files: False on non-chief workers of a cluster.
+        log: function for progress lines.
+    """
+
+    def __init__(self, path, settings, resume=False, write_files=True, log=print):
+        self.path = os.fspath(path)
+        self.write_files = write_files
+        self._lock = None
+        run_file = os.path.join(self.path, RUN_FILE)
+        ours = os.path.exists(run_file) or os.path.isdir(os.path.join(self.path, "runs"))
+        if not ours and os.path.isdir(self.path) and [
+            name for name in os.listdir(self.path) if not name.startswith(".")
+        ]:
+            raise RunFolderError(
+                f"Output folder {self.path!r} is not empty and holds no cocoop-tf run; "
+                "choose a new or empty --output folder."
+            )
+        if not ours:
+            if write_files:
+                os.makedirs(self.path, exist_ok=True)
+                self._take_lock(log)
+                write_text(run_file, json.dumps(settings, indent=2))
+            return
+        if write_files:
+            self._take_lock(log)
+        try:
+            stored = read_json(run_file) if os.path.exists(run_file) else None
+            if stored is None:
+                if not resume:
+                    raise RunFolderError(
+                        f"{run_file} is missing, empty or truncated (a full disk, or a killed "
+                        "process?). Pass --resume to continue the run in this folder: the file "
+                        "is written again from this command's settings."
+                    )
+                log(f"{run_file} was damaged; written again from this command's settings")
+                if write_files:
+                    write_text(run_file, json.dumps(settings, indent=2))
+            elif stored != settings:
+                differing = _differences(stored, settings)
+                raise RunFolderError(
+                    f"Output folder {self.path!r} holds another run (different "
+                    f"{', '.join(differing)}). Choose a new --output folder, or delete "
+                    "this one to start over."
+                )
+            elif not resume:
+                raise RunFolderError(
+                    f"Output folder {self.path!r} already holds this run. Pass --resume to "
+                    "continue it (finished parts are kept), or choose a new --output folder."
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self, log):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        path = os.path.join(self.path, LOCK_FILE)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip()
+        try:
+            # The kernel drops the lock when its process dies, however it dies.
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise RunFolderError(
+                f"Output folder {self.path!r} is in use by another process ({holder or 'unknown'}). "
+                "Wait for it to finish (then --resume), or choose another --output folder."
+            ) from None
+        if holder:
+            log(f"Taking over {path} from {holder}, which is no longer running")
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._lock = descriptor
+
+    def close(self):
+        """Releases the folder's lock."""
+        if self._lock is not None:
+            os.ftruncate(self._lock, 0)
+            os.close(self._lock)
+            self._lock = None
+
+    def run_dir(self, method, seed):
+        return os.path.join(self.path, "runs", method if seed is None else f"{method}_seed{seed}")
+
+    def relative(self, path):
+        return os.path.relpath(path, self.path)
+
+
+def _differences(stored, settings):
+    keys = []
+    for key in sorted(set(stored) | set(settings)):
+        if isinstance(stored.get(key), dict) and isinstance(settings.get(key), dict):
+            keys += [f"{key}.{k}" for k in _differences(stored[key], settings[key])]
+        elif stored.get(key) != settings.get(key):
+            keys.append(key)
+    return keys
