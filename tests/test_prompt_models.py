@@ -130,6 +130,38 @@ def test_keras_file_round_trip_in_a_clean_process(clip, rng, tmp_path, cls):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+def test_heads_sharing_a_backbone_save_it_once_and_load_in_a_clean_process(clip, rng, tmp_path):
+    x = keras.Input((32, 32, 3))
+    cocoop, coop = cocoop_tf.CoCoOp(clip, NAMES, reduction=4), cocoop_tf.CoOp(clip, ["sky", "sea"])
+    outer = keras.Model(x, [cocoop(x), coop(x)])
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    for i, output in enumerate(outer.predict(images, verbose=0)):
+        np.save(tmp_path / f"expected{i}.npy", output)
+    outer.save(tmp_path / "two_heads.keras")
+    cocoop.save(tmp_path / "one_head.keras")
+    # The backbone (nearly all of the bytes) is stored once.
+    assert os.path.getsize(tmp_path / "two_heads.keras") < 1.1 * os.path.getsize(tmp_path / "one_head.keras")
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        import cocoop_tf
+        outer = keras.saving.load_model({str(tmp_path / "two_heads.keras")!r})
+        heads = [layer for layer in outer.layers if isinstance(layer, cocoop_tf.models.clip_classifier.CLIPClassifier)]
+        assert heads[0].clip is heads[1].clip
+        outputs = outer.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
+        for i, output in enumerate(outputs):
+            np.testing.assert_allclose(output, np.load({str(tmp_path)!r} + f"/expected{{i}}.npy"), rtol=1e-5, atol=1e-5)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+    # Swapping the class set of a head inside the outer model is refused, with the way out.
+    with pytest.raises(ValueError, match=r"layer of another Keras model .*make_predict_function\(force=True\)"):
+        cocoop.set_classnames(["cat", "dog"])
+    cocoop.set_classnames(["cat", "dog"], force=True)
+    outer.make_predict_function(force=True)
+    assert outer.predict(images, verbose=0)[0].shape == (2, 2)
+
+
 def test_prompt_checkpoint_applies_to_a_separately_loaded_backbone(clip, rng, tmp_path):
     model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
     for variable in model.trainable_variables:

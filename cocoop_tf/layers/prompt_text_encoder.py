@@ -76,10 +76,13 @@ class PromptTextEncoder(keras.layers.Layer):
         # value (a constant) so that classes can be sorted and chunked.
         class_token_ids = _fixed_value(class_token_ids)
         if not isinstance(class_token_ids, np.ndarray):
-            # A class set known only at run time: one chunk, cut after its last end token.
+            # A class set known only at run time (a served model's input): cut
+            # after its last end token, then encoded in chunks of classes.
             token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
             token_ids = token_ids[:, : ops.max(ops.argmax(token_ids, axis=-1)) + 1]
-            return self._encode(context, token_ids)
+            if len(context.shape) == 4:  # a context per class: as many classes as it has
+                return self._encode(context, token_ids)
+            return self._encode_in_chunks(context, token_ids)
         token_ids = class_token_ids[:, :limit].astype("int32")
         lengths = np.argmax(token_ids, axis=-1) + 1
         order = np.argsort(lengths, kind="stable")
@@ -93,6 +96,36 @@ class PromptTextEncoder(keras.layers.Layer):
         if np.any(order != np.arange(len(order))):
             features = ops.take(features, np.argsort(order), axis=1)
         return features
+
+    def _encode_in_chunks(self, context, token_ids):
+        """A run-time class set in a loop over chunks of classes, so memory is bounded for any C.
+
+        The chunk size follows the token budget at run time (batch and name
+        length are known then); the last chunk is filled with copies of the
+        last class, whose features are dropped. Only builtin loop and
+        elementwise ops, so that TFLite runs it too.
+        """
+        groups = ops.shape(context)[0]
+        num_classes = ops.shape(token_ids)[0]
+        length = ops.shape(token_ids)[1] + context.shape[1]
+        budget = self.class_chunk_size or ops.maximum(1, DEFAULT_TOKEN_BUDGET // (groups * length))
+        chunk = ops.maximum(ops.minimum(budget, num_classes), 1)
+        count = (num_classes + chunk - 1) // chunk
+        rows = ops.minimum(ops.arange(count * chunk), num_classes - 1)
+        chunks = ops.reshape(ops.take(token_ids, rows, axis=0), (count, chunk, -1))
+        width = self.text_projection.kernel.shape[-1]
+
+        def add_chunk(i, features):
+            encoded = self._encode_shared_prefix(context, chunks[i])  # [G, chunk, width]
+            here = ops.cast(ops.equal(ops.arange(count), i), encoded.dtype)
+            # The reshape keeps the loop variable's static shape from one iteration to the next.
+            return ops.reshape(features + here[:, None, None, None] * encoded[None], ops.shape(features))
+
+        features = ops.fori_loop(
+            0, count, add_chunk, ops.zeros((count, groups, chunk, width), self.compute_dtype)
+        )
+        features = ops.reshape(ops.transpose(features, (1, 0, 2, 3)), (groups, count * chunk, width))
+        return features[:, :num_classes]
 
     def _encode(self, context, token_ids, classes=None):
         if len(context.shape) == 4:  # one context per class: no shared prefix

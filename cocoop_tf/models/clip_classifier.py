@@ -48,12 +48,31 @@ class CLIPClassifier(keras.Model):
             clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
         )
 
-    def set_classnames(self, classnames):
+    def set_classnames(self, classnames, force=False):
         """Replaces the class set (e.g. base -> new classes); learned weights stay.
 
         Args:
             classnames: list of class names; underscores become spaces.
+            force: also when this model is a layer of another Keras model
+                (see below).
+
+        Raises:
+            ValueError: this model was called on a `keras.Input` to build
+                another model, whose traced `predict`, `fit` and `evaluate`
+                would keep the old class set. Set the classes before
+                building that model (or build it again); or pass
+                `force=True` and then call that model's
+                `make_predict_function(force=True)` (and `make_train_function`,
+                `make_test_function`).
         """
+        if getattr(self, "_inbound_nodes", None) and not force:
+            raise ValueError(
+                f"This {type(self).__name__} is a layer of another Keras model (it was called on a "
+                "keras.Input), whose traced predict, fit and evaluate keep the class set they were "
+                "traced with. Call set_classnames before building that model, or build it again; "
+                "or call set_classnames(..., force=True) and then that model's "
+                "make_predict_function(force=True) (and make_train_function / make_test_function)."
+            )
         token_ids = self.tokenize_classnames(classnames)
         self._check_known_tokens(token_ids, classnames)
         self.token_ids = token_ids
@@ -173,11 +192,15 @@ class CLIPClassifier(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"clip": keras.layers.serialize(self.clip), "classnames": self.classnames})
+        # The backbone itself, not its serialised copy: Keras serialises it, and
+        # marks it as shared when several classifiers of one model hold it, so
+        # that the saved model holds it (and its weights) once.
+        config.update({"clip": self.clip, "classnames": self.classnames})
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["clip"] = keras.layers.deserialize(config["clip"])
+        if isinstance(config["clip"], dict):
+            config["clip"] = keras.layers.deserialize(config["clip"])
         return cls(**config)

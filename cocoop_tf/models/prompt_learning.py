@@ -68,7 +68,7 @@ class PromptLearningModel(CLIPClassifier):
 
     # --- classes ---------------------------------------------------------------
 
-    def set_classnames(self, classnames):
+    def set_classnames(self, classnames, force=False):
         classnames = clean_classnames(classnames)
         if self.class_specific and hasattr(self, "classnames") and len(classnames) != len(self.classnames):
             raise ValueError(
@@ -76,7 +76,7 @@ class PromptLearningModel(CLIPClassifier):
                 f"classes; it cannot serve {len(classnames)} classes. Use a shared "
                 "context (class_specific=False) to transfer to new classes."
             )
-        super().set_classnames(classnames)
+        super().set_classnames(classnames, force=force)
 
     def tokenize_classnames(self, classnames):
         """The `class_token_ids` this model (and its exported graph) takes.

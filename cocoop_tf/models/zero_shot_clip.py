@@ -47,13 +47,14 @@ class ZeroShotCLIP(CLIPClassifier):
         self.templates = templates
         self.set_classnames(classnames)
 
-    def set_classnames(self, classnames):
+    def set_classnames(self, classnames, force=False):
         """Replaces the class set; the next call uses the new classes.
 
         Args:
             classnames: list of class names.
+            force: see `CLIPClassifier.set_classnames`.
         """
-        super().set_classnames(classnames)
+        super().set_classnames(classnames, force=force)
         self._text_features = None
 
     def tokenize_classnames(self, classnames):
