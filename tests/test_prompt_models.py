@@ -379,3 +379,12 @@ def test_class_specific_context_cannot_change_class_count(clip):
     model = cocoop_tf.CoOp(clip, NAMES, class_specific=True)
     with pytest.raises(ValueError, match="one context per class for 4 classes"):
         model.set_classnames(["a", "b"])
+
+
+def test_class_list_checks_are_linear():
+    from cocoop_tf.clip.prompts import clean_classnames
+
+    names = [f"class_{i}" for i in range(200_000)]  # a quadratic check would take hours
+    assert clean_classnames(names)[-1] == "class 199999"
+    with pytest.raises(ValueError, match=r"Duplicate class names: \['class 7'\]"):
+        clean_classnames([*names, "class 7"])
