@@ -85,12 +85,21 @@ def test_class_specific_context_efficient_equals_reference(clip, rng):
     _assert_same(model, images, 6)
 
 
-def test_class_set_given_as_a_tensor(clip, rng):
-    """Exported graphs get token ids at run time: dynamic truncation, one chunk."""
+@pytest.mark.parametrize("chunk", [None, 1, 4, 13, 50])
+def test_class_set_given_as_a_tensor(clip, rng, chunk):
+    """Exported graphs get token ids at run time: dynamic truncation, a loop over chunks of classes."""
     model = cocoop_tf.CoCoOp(clip, ["a"], reduction=4)
-    token_ids = tf.constant(cocoop_tf.tokenize_classnames(_classnames(5, rng)))
+    model.prompt_text_encoder.class_chunk_size = chunk  # 4: the last chunk is padded
+    token_ids = tf.constant(cocoop_tf.tokenize_classnames(_classnames(13, rng)))
     images = rng.uniform(0, 255, (3, 16, 16, 3)).astype("float32")
-    _assert_same(model, images, 5, token_ids)
+    _assert_same(model, images, 13, token_ids)
+    # In a graph with unknown batch and class count, as a SavedModel serves it.
+    serve = tf.function(model.classify, input_signature=[
+        tf.TensorSpec((None, 16, 16, 3), tf.float32), tf.TensorSpec((None, None), tf.int32)])
+    model.prompt_text_encoder.mode = "reference"
+    expected = model.classify(images, token_ids)
+    model.prompt_text_encoder.mode = "efficient"
+    assert max_relative_difference(serve(images, token_ids), expected) <= TOLERANCE
 
 
 def test_zero_shot_efficient_equals_reference(clip, rng):
