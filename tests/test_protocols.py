@@ -449,3 +449,11 @@ def test_data_problems_stop_the_run_before_it_starts(data_root, tmp_path):
     assert "split_zhou_OxfordPets.json lists 1 image file(s) that are missing" in lost.stderr
     assert str(missing) in lost.stderr
     assert not (tmp_path / "lost").exists()
+
+
+def test_class_names_the_backbone_cannot_take_stop_before_the_run_folder(tmp_path):
+    write_class_folders(tmp_path / "pets", {"golden_retriever": 4, "tabby_cat": 4})
+    result = cli("train", "--dataset", tmp_path / "pets", "--backbone", "mini_clip", "--output", tmp_path / "out")
+    assert_quiet(result)
+    assert result.returncode == 2 and "'golden retriever' has tokens it never learned" in result.stderr
+    assert not (tmp_path / "out").exists()  # the same command with a real CLIP can use the folder

@@ -141,93 +141,101 @@ def run_protocol(
         "prompts": [os.path.abspath(p) for p in prompts],
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size")},
     }
-    folder = RunFolder(output, settings, resume, write_files=is_chief(), log=log)
+    strategy = make_strategy(config.strategy, config.tpu)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    folder = None
     try:
-        strategy = make_strategy(config.strategy, config.tpu)
-        previous_policy = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(config.precision)
-        try:
-            with strategy.scope():
-                clip = load_clip(config.backbone)
-            image_size = config.image_size or clip.vision_encoder.image_shape[0]
-            log(
-                f"{protocol}: backbone {config.backbone} ({image_size}px), "
-                f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
+        with strategy.scope():
+            clip = load_clip(config.backbone)
+            # Class sets the models cannot take (a name too long for the context, words
+            # the backbone never learned), or a prompt that does not fit this backbone,
+            # stop here, before the run folder is written.
+            _build_every_model(clip, config, prompts, prompt_metadata, force, source_data, subset, views)
+        folder = RunFolder(output, settings, resume, write_files=is_chief(), log=log)
+        image_size = config.image_size or clip.vision_encoder.image_shape[0]
+        log(
+            f"{protocol}: backbone {config.backbone} ({image_size}px), "
+            f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
+        )
+        if prompts:
+            jobs = [(metadata["method"].lower(), None, path) for metadata, path in zip(prompt_metadata, prompts)]
+        else:
+            jobs = [
+                (method, seed, None)
+                for method in config.methods
+                for seed in ([None] if method == "zeroshot" else config.seeds)
+            ]
+        runs = []
+        for index, (method, seed, prompt) in enumerate(jobs, start=1):
+            run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
+                folder.path, "runs", f"prompt{index}"
             )
-            if prompts:
-                jobs = [(metadata["method"].lower(), None, path) for metadata, path in zip(prompt_metadata, prompts)]
-            else:
-                jobs = [
-                    (method, seed, None)
-                    for method in config.methods
-                    for seed in ([None] if method == "zeroshot" else config.seeds)
-                ]
-            runs = []
-            for index, (method, seed, prompt) in enumerate(jobs, start=1):
-                run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
-                    folder.path, "runs", f"prompt{index}"
+            label = f"[{index}/{len(jobs)}] {METHOD_NAMES[method]}" + ("" if seed is None else f", seed {seed}")
+            result_file = os.path.join(run_dir, "result.json")
+            if resume and os.path.exists(result_file):
+                done = read_json(result_file)
+                if done is not None:
+                    runs.append(done)
+                    log(f"{label}: done before, kept")
+                    continue
+                log(f"{label}: {result_file} is damaged; evaluating this run again")
+            log(f"{label}")
+            set_seeds(seed if seed is not None else 0, config.deterministic)
+            model = None
+            if prompt is not None:
+                with strategy.scope():
+                    model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
+            elif method != "zeroshot":
+                few_shot = source_data.few_shot(
+                    config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
+                ).subsample(subset).without(skipped)
+                log(
+                    f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
+                    f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
                 )
-                label = f"[{index}/{len(jobs)}] {METHOD_NAMES[method]}" + ("" if seed is None else f", seed {seed}")
-                result_file = os.path.join(run_dir, "result.json")
-                if resume and os.path.exists(result_file):
-                    done = read_json(result_file)
-                    if done is not None:
-                        runs.append(done)
-                        log(f"{label}: done before, kept")
-                        continue
-                    log(f"{label}: {result_file} is damaged; evaluating this run again")
-                log(f"{label}")
-                set_seeds(seed if seed is not None else 0, config.deterministic)
-                model = None
-                if prompt is not None:
-                    with strategy.scope():
-                        model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
-                elif method != "zeroshot":
-                    few_shot = source_data.few_shot(
-                        config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
-                    ).subsample(subset).without(skipped)
-                    log(
-                        f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
-                        f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
+                training = training_record(protocol, source_name, subset, seed, config)
+                with strategy.scope():
+                    model = build_model(method, clip, few_shot.classnames, config, None)
+                    train_prompt_model(
+                        model, few_shot, config, seed, image_size,
+                        checkpoint_dir=os.path.join(run_dir, "checkpoints"),
+                        log_dir=os.path.join(run_dir, "tensorboard"),
+                        resume=resume, write_files=folder.write_files, training=training, log=log,
                     )
-                    training = training_record(protocol, source_name, subset, seed, config)
-                    with strategy.scope():
-                        model = build_model(method, clip, few_shot.classnames, config, None)
-                        train_prompt_model(
-                            model, few_shot, config, seed, image_size,
-                            checkpoint_dir=os.path.join(run_dir, "checkpoints"),
-                            log_dir=os.path.join(run_dir, "tensorboard"),
-                            resume=resume, write_files=folder.write_files, training=training, log=log,
-                        )
-                    if folder.write_files:
-                        model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
-                run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
-                if prompt is not None:
-                    run["prompt"] = os.path.abspath(prompt)
-                    run["trained"] = prompt_metadata[index - 1].get("training")
-                    run["seed"] = (run["trained"] or {}).get("seed")
-                for key, view in views:
-                    if method == "zeroshot":
-                        with strategy.scope():
-                            model = build_model(method, clip, view.classnames, config, config.templates or view.template)
-                    else:
-                        model.set_classnames(view.classnames)
-                    labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
-                    run["accuracy"][key] = accuracy(labels, predicted)
-                    path = os.path.join(run_dir, "predictions", f"{key}.npz")
-                    if folder.write_files:
-                        save_predictions(path, labels, predicted, view.classnames)
-                    run["predictions"][key] = folder.relative(path)
-                    log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
-                if protocol == "base2new":
-                    run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
-                    log(f"  H: {run['h']:.2f}")
                 if folder.write_files:
-                    write_text(result_file, json.dumps(run, indent=2))
-                runs.append(run)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
-
+                    model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
+            run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
+            if prompt is not None:
+                run["prompt"] = os.path.abspath(prompt)
+                run["trained"] = prompt_metadata[index - 1].get("training")
+                run["seed"] = (run["trained"] or {}).get("seed")
+            for key, view in views:
+                if method == "zeroshot":
+                    with strategy.scope():
+                        model = build_model(method, clip, view.classnames, config, config.templates or view.template)
+                else:
+                    model.set_classnames(view.classnames)
+                labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
+                run["accuracy"][key] = accuracy(labels, predicted)
+                path = os.path.join(run_dir, "predictions", f"{key}.npz")
+                if folder.write_files:
+                    save_predictions(path, labels, predicted, view.classnames)
+                run["predictions"][key] = folder.relative(path)
+                log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
+            if protocol == "base2new":
+                run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
+                log(f"  H: {run['h']:.2f}")
+            if folder.write_files:
+                write_text(result_file, json.dumps(run, indent=2))
+            runs.append(run)
+    except BaseException:
+        if folder is not None:
+            folder.close()
+        raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    try:
         keys = [key for key, _ in views]
         targets = [key for key in keys if key != source_name]
         if protocol == "base2new":
@@ -256,6 +264,23 @@ def run_protocol(
         return results
     finally:
         folder.close()
+
+
+def _build_every_model(clip, config, prompts, prompt_metadata, force, source_data, subset, views):
+    """Builds each model the run will build, on each class set it will take; raises what they raise."""
+    if prompts:
+        models = [_model_from_prompt(clip, p, m, force) for p, m in zip(prompts, prompt_metadata)]
+    else:
+        models = [
+            build_model(method, clip, source_data.subsample(subset).classnames, config, None)
+            for method in config.methods if method != "zeroshot"
+        ]
+        if "zeroshot" in config.methods:
+            for _, view in views:
+                build_model("zeroshot", clip, view.classnames, config, config.templates or view.template)
+    for model in models:
+        for _, view in views:
+            model.set_classnames(view.classnames)
 
 
 def training_record(protocol, source, subset, seed, config):
