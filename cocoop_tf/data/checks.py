@@ -13,7 +13,7 @@ import os
 
 import tensorflow as tf
 
-from cocoop_tf.data.transforms import decode_image
+from cocoop_tf.data.transforms import load_image
 from cocoop_tf.native_stderr import held_back
 
 _SIGNATURES = {
@@ -53,9 +53,9 @@ def _looks_whole(path):
 def _decodes(path):
     try:
         with held_back(show_on_error=False):  # libjpeg's own complaint; the caller names the file
-            decode_image(tf.io.read_file(path))
+            load_image(path)
         return True
-    except (tf.errors.OpError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):
         return False
 
 
