@@ -18,4 +18,7 @@ from cocoop_tf.models import CoOp  # noqa: E402
 from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
 from cocoop_tf.training import paper_optimizer  # noqa: E402
 
+# Last, after the core it builds on: registers the demo's backbone and dataset.
+from cocoop_tf import demo  # noqa: E402, F401
+
 __version__ = "0.1.0"

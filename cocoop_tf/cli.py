@@ -8,6 +8,9 @@ import warnings
 
 import tensorflow as tf  # started quietly by cocoop_tf/__init__.py
 
+from cocoop_tf.models import method_names
+from cocoop_tf.protocols.protocol import get_protocol
+
 
 def _add_zeroshot(subparsers):
     parser = subparsers.add_parser(
@@ -100,7 +103,7 @@ def _add_export(subparsers):
         "--backbone", help="prompt checkpoints: the CLIP source it was trained on (see zeroshot)"
     )
     parser.add_argument(
-        "--method", choices=["cocoop", "coop"],
+        "--method", choices=method_names(learns=True),
         help="prompt checkpoints: the method (default: the one recorded in the file)",
     )
     parser.add_argument(
@@ -138,24 +141,19 @@ def run_export(args):
 
 # --- protocols -------------------------------------------------------------------
 
-CROSS_DATASET_TARGETS = [
-    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-]
-DOMAIN_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 
-
-def _add_run_options(parser, methods_default=None, training=True):
+def _add_run_options(parser, protocol, training=True):
     """Flags shared by the protocol commands; every default is the paper's (RunConfig)."""
     parser.add_argument("--output", required=True, help="folder for checkpoints, logs and results")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output")
     parser.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     parser.add_argument("--backbone", help="CLIP source (see zeroshot --help)")
     parser.add_argument("--data-root", help="folder holding the datasets (CoOp's $DATA)")
+    methods_default = get_protocol(protocol).default_methods()
     if training:
         parser.add_argument(
-            "--methods", nargs="+", choices=["zeroshot", "coop", "cocoop"],
-            help=f"methods to run (default: {' '.join(methods_default or ['zeroshot', 'coop', 'cocoop'])})",
+            "--methods", nargs="+", choices=method_names(),
+            help=f"methods to run (default: {' '.join(methods_default)})",
         )
         _add_training_options(parser)
     parser.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 100)")
@@ -180,8 +178,7 @@ def _add_run_options(parser, methods_default=None, training=True):
     parser.add_argument(
         "--jit-compile", action="store_true", default=None, help="compile steps with XLA"
     )
-    if methods_default:
-        parser.set_defaults(methods_default=methods_default)
+    parser.set_defaults(methods_default=methods_default)
 
 
 def _add_training_options(parser):
@@ -250,7 +247,7 @@ def _add_base2new(subparsers):
         "reports Base, New and H per method, averaged over seeds.",
     )
     parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
-    _add_run_options(parser)
+    _add_run_options(parser, "base2new")
     parser.set_defaults(run=run_base2new)
 
 
@@ -266,17 +263,20 @@ def run_base2new(args):
     return 0
 
 
-def _add_transfer(subparsers, protocol, help, default_targets):
+def _add_transfer(subparsers, protocol, help):
+    default_targets = list(get_protocol(protocol).default_targets)
     parser = subparsers.add_parser(
         protocol, help=help,
         description=f"{help[0].upper()}{help[1:]}: trains on all classes of the source "
         "dataset and evaluates on its test split and on each target dataset.",
     )
-    parser.add_argument("--source", help="training dataset (default: imagenet)")
+    parser.add_argument(
+        "--source", help=f"training dataset (default: {get_protocol(protocol).default_source})"
+    )
     parser.add_argument(
         "--targets", nargs="+", help=f"evaluation datasets (default: {' '.join(default_targets)})"
     )
-    _add_run_options(parser, methods_default=["coop", "cocoop"] if protocol == "cross-dataset" else None)
+    _add_run_options(parser, protocol)
     parser.set_defaults(run=run_transfer, default_targets=default_targets)
 
 
@@ -284,7 +284,7 @@ def run_transfer(args):
     from cocoop_tf.protocols import run_protocol
 
     config, extra = _config(args, ("source", "targets"))
-    source = extra.get("source") or "imagenet"
+    source = extra.get("source") or get_protocol(args.command).default_source
     targets = extra.get("targets") or args.default_targets
     run_protocol(
         args.command, config, args.output, source=source, subset="all",
@@ -297,14 +297,14 @@ def run_transfer(args):
 def _add_train(subparsers):
     parser = subparsers.add_parser(
         "train",
-        help="train CoOp/CoCoOp on a dataset and test on its classes",
+        help="train prompt learners (default CoCoOp) on a dataset and test on its classes",
         description="Trains on the few-shot training split (all or base classes), writes "
         "the prompt checkpoint runs/<method>_seed<seed>/prompt.safetensors, and reports "
         "test accuracy on the same classes.",
     )
     parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
     parser.add_argument("--subset", choices=["all", "base"], help="classes to train on (default: all)")
-    _add_run_options(parser, methods_default=["cocoop"])
+    _add_run_options(parser, "train")
     parser.set_defaults(run=run_train)
 
 
@@ -336,7 +336,7 @@ def _add_evaluate(subparsers):
         "--force", action="store_true",
         help="evaluate prompts trained on a backbone with other weights (refused by default)",
     )
-    _add_run_options(parser, methods_default=["zeroshot"], training=False)
+    _add_run_options(parser, "evaluate", training=False)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -344,7 +344,7 @@ def run_evaluate(args):
     from cocoop_tf.protocols import run_protocol
 
     config, extra = _config(args, ("dataset", "subset"))
-    config.methods = ["zeroshot"]  # without --prompts, evaluate is zero-shot CLIP
+    config.methods = args.methods_default  # without --prompts, evaluate is zero-shot CLIP
     dataset = _required(extra, "dataset", "--dataset")
     run_protocol(
         "evaluate", config, args.output, evaluations=[(dataset, extra.get("subset") or "all")],
@@ -389,8 +389,8 @@ def build_parser():
     _add_zeroshot(subparsers)
     _add_export(subparsers)
     _add_base2new(subparsers)
-    _add_transfer(subparsers, "cross-dataset", "cross-dataset transfer (Table 2)", CROSS_DATASET_TARGETS)
-    _add_transfer(subparsers, "domain-generalization", "domain generalisation (Table 3)", DOMAIN_TARGETS)
+    _add_transfer(subparsers, "cross-dataset", "cross-dataset transfer (Table 2)")
+    _add_transfer(subparsers, "domain-generalization", "domain generalisation (Table 3)")
     _add_train(subparsers)
     _add_evaluate(subparsers)
     return parser

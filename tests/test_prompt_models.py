@@ -181,7 +181,7 @@ def test_prompt_checkpoint_applies_to_a_separately_loaded_backbone(clip, rng, tm
 
 
 def test_prompt_checkpoint_records_its_backbone_and_training(clip, tmp_path):
-    from cocoop_tf.models.prompt_learning import read_prompt
+    from cocoop_tf.models.prompt_file import read_prompt
 
     model = cocoop_tf.CoCoOp(clip, ["apple_pie", "car side"], reduction=4)
     model.save_prompt(tmp_path / "p.safetensors", training={"dataset": "food101", "seed": 2})
@@ -229,7 +229,7 @@ def test_prompt_checkpoint_mismatch_is_explained(clip, tmp_path):
     from safetensors.numpy import load_file
     from safetensors.numpy import save_file
 
-    from cocoop_tf.models.prompt_learning import read_prompt
+    from cocoop_tf.models.prompt_file import read_prompt
 
     for bad in (np.nan, 1e38):
         tensors, metadata = load_file(path), read_prompt(path)[1]

@@ -19,10 +19,9 @@ from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
 from cocoop_tf.clip.convert import check_not_resnet
 from cocoop_tf.clip.convert import load_hf_weights
+from cocoop_tf.clip.named_backbones import registered_backbones
 from cocoop_tf.clip.torchscript import is_torchscript_archive
 from cocoop_tf.clip.torchscript import read_torchscript_tensors
-from cocoop_tf.demo.weights import MINI_CLIP_NAME
-from cocoop_tf.demo.weights import load_mini_clip
 
 # Randomly initialised architectures for tests and benchmarks (no real weights).
 RANDOM_CONFIGS = {
@@ -64,8 +63,9 @@ def load_clip(
       `.safetensors`;
     - `"random_tiny"` or `"random_vit_b16"`: randomly initialised models for
       tests and benchmarks, seeded by `seed`;
-    - `"mini_clip"`: a small CLIP (32 x 32 images, 7.6 M parameters) that
-      ships with the package, pretrained by `python -m
+    - a name registered with `cocoop_tf.clip.named_backbones.register_backbone`.
+      The demo registers `"mini_clip"`: a small CLIP (32 x 32 images, 7.6 M
+      parameters) that ships with the package, pretrained by `python -m
       cocoop_tf.demo.pretrain` on MNIST digits and animal silhouettes (see
       `cocoop_tf/demo/MINI_CLIP.md`); for demos and notebooks, not a
       substitute for real CLIP weights.
@@ -86,10 +86,12 @@ def load_clip(
         A frozen `keras_hub.models.CLIPBackbone`.
     """
     source = os.fspath(source)
+    named = registered_backbones()
     if source in RANDOM_CONFIGS:
         backbone = random_backbone(RANDOM_CONFIGS[source], seed, dtype)
-    elif source == MINI_CLIP_NAME:
-        backbone = load_mini_clip(dtype)
+    elif source in named:
+        load, _ = named[source]
+        backbone = load(dtype)
     elif os.path.isdir(source):
         backbone = _load_folder(source, dtype)
     elif os.path.isfile(source):
@@ -105,10 +107,16 @@ def load_clip(
             "folder, nor a keras-hub CLIP preset "
             f"({', '.join(sorted(keras_hub.models.CLIPBackbone.presets))}), "
             f"nor a random test configuration ({', '.join(RANDOM_CONFIGS)}), "
-            f"nor the pretrained demo model {MINI_CLIP_NAME!r}. "
+            f"nor a registered backbone ({_describe(named)}). "
             "Check the spelling or the path."
         )
     return freeze(backbone)
+
+
+def _describe(named):
+    """`'name': description, ...` of the registered backbones, for errors."""
+    described = [f"{name!r}: {description}" for name, (_, description) in named.items()]
+    return ", ".join(described) or "none"
 
 
 def _load_folder(folder, dtype):

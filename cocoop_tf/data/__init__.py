@@ -11,6 +11,7 @@ from cocoop_tf.data.dataset import ImageDataset
 from cocoop_tf.data.dataset import load_dataset
 from cocoop_tf.data.dataset import sample_few_shot
 from cocoop_tf.data.dataset import subset_labels
+from cocoop_tf.data.named_datasets import register_dataset
 from cocoop_tf.data.sources import Item
 from cocoop_tf.data.transforms import decode_image
 from cocoop_tf.data.transforms import load_image

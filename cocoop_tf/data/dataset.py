@@ -11,6 +11,7 @@ import warnings
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.data.benchmarks import BENCHMARKS
 from cocoop_tf.data.benchmarks import find_benchmark
+from cocoop_tf.data.named_datasets import registered_datasets
 from cocoop_tf.data.pipeline import make_pipeline
 from cocoop_tf.data.sources import SPLITS
 from cocoop_tf.data.sources import benchmark_source
@@ -19,8 +20,6 @@ from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.files import write_text
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
-# Built by this package from images that its dependencies ship (cocoop_tf.demo).
-MINI_BENCHMARK = "mini_digits_animals"
 FEW_SHOT_FORMAT = "cocoop_tf.few_shot.v1"
 SUBSETS = ("all", "base", "new")
 
@@ -431,10 +430,11 @@ def load_dataset(
       TFDS's splits are not the paper's.
     - A folder path: one subfolder of images per class (see
       `sources.folder_source` for how splits are made).
-    - `"mini_digits_animals"`: the demo's 20-class benchmark (MNIST digits
-      and animal silhouettes in a style the demo CLIP never saw), written as
-      PNG files under `data_root` (default `~/.cache/cocoop_tf`) on first
-      use; see `cocoop_tf.demo.benchmark`.
+    - A name registered with `cocoop_tf.data.named_datasets.register_dataset`.
+      The demo registers `"mini_digits_animals"`: a 20-class benchmark (MNIST
+      digits and animal silhouettes in a style the demo CLIP never saw),
+      written as PNG files under `data_root` (default `~/.cache/cocoop_tf`)
+      on first use; see `cocoop_tf.demo.benchmark`.
 
     Args:
         name_or_path: what to load.
@@ -457,10 +457,10 @@ def load_dataset(
         return ImageDataset(
             TFDSSource(name[len("tfds:"):], data_root, tfds_splits, classnames_file, download)
         )
-    if name == MINI_BENCHMARK:
-        from cocoop_tf.demo.benchmark import mini_benchmark_source
-
-        return ImageDataset(mini_benchmark_source(data_root))
+    named = registered_datasets()
+    if name in named:
+        make_source, _ = named[name]
+        return ImageDataset(make_source(data_root))
     benchmark = find_benchmark(name)
     if benchmark is not None:
         data_root = data_root or os.environ.get(DATA_ROOT_VARIABLE)
@@ -484,7 +484,7 @@ def load_dataset(
             "subfolder of images per class."
         )
     raise ValueError(
-        f"Unknown dataset {name!r}. Known datasets: {', '.join([*BENCHMARKS, MINI_BENCHMARK])}; or "
+        f"Unknown dataset {name!r}. Known datasets: {', '.join([*BENCHMARKS, *named])}; or "
         "'tfds:<builder>' for TensorFlow Datasets, or the path of a folder with one "
         "subfolder of images per class."
     )

@@ -6,8 +6,9 @@ import time
 
 import numpy as np
 
-BACKBONE = "mini_clip"
-DATASET = "mini_digits_animals"
+from cocoop_tf.demo.benchmark import NAME as DATASET
+from cocoop_tf.demo.weights import MINI_CLIP_NAME as BACKBONE
+
 # The paper's recipe (SGD lr 0.002, batch 1, 10 epochs, warm-up, cosine,
 # context "a photo of a"), with the training augmentation adapted to 32-pixel
 # digits and silhouettes: crops keep at least half of the picture (the
@@ -15,7 +16,6 @@ DATASET = "mini_digits_animals"
 # mirrored digit is another shape).
 DEMO_SETTINGS = {
     "backbone": BACKBONE,
-    "methods": ["zeroshot", "coop", "cocoop"],
     "seeds": [1, 2, 3],
     "shots": 16,
     "epochs": 10,

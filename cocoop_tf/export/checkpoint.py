@@ -5,11 +5,9 @@ import os
 import keras
 
 from cocoop_tf.clip.loader import load_clip
-from cocoop_tf.models.cocoop import CoCoOp
-from cocoop_tf.models.coop import CoOp
-from cocoop_tf.models.prompt_learning import read_prompt
-
-METHODS = {"cocoop": CoCoOp, "coop": CoOp}
+from cocoop_tf.models import get_method
+from cocoop_tf.models import method_names
+from cocoop_tf.models import model_from_prompt
 
 
 def load_model(path, backbone=None, method=None, force=False):
@@ -21,7 +19,8 @@ def load_model(path, backbone=None, method=None, force=False):
             `model.save_prompt` (the learned weights only).
         backbone: for a prompt checkpoint, the `cocoop_tf.load_clip` source
             of the backbone it was trained on.
-        method: for a prompt checkpoint, `"cocoop"` or `"coop"`; default the
+        method: for a prompt checkpoint, the method it must hold (a name of
+            `cocoop_tf.models.method_names()`, e.g. `"cocoop"`); default the
             method recorded in the checkpoint.
         force: load a prompt checkpoint trained on a backbone with other
             weights anyway (see `load_prompt`).
@@ -45,12 +44,13 @@ def load_model(path, backbone=None, method=None, force=False):
                 f"{path!r} is a prompt checkpoint: it holds only the learned prompt. "
                 "Give the backbone it was trained on (--backbone, a load_clip source)."
             )
-        if method is None:
-            recorded = read_prompt(path)[1].get("method", "")
-            method = recorded.lower()
-        if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; expected one of {sorted(METHODS)}.")
-        return METHODS[method].from_prompt(load_clip(backbone), path, force=force)
+        if method is not None:
+            if method not in method_names(learns=True):
+                raise ValueError(
+                    f"Unknown method {method!r}; expected one of {', '.join(method_names(learns=True))}."
+                )
+            return get_method(method).from_prompt(load_clip(backbone), path, force=force)
+        return model_from_prompt(load_clip(backbone), path, force=force)
     raise ValueError(
         f"Cannot load {path!r}: expected a .keras file (model.save) or a "
         ".safetensors prompt checkpoint (model.save_prompt)."

@@ -8,10 +8,7 @@ from cocoop_tf.export.input_checks import check_features
 from cocoop_tf.export.input_checks import check_images
 from cocoop_tf.export.input_checks import check_num_classes
 from cocoop_tf.export.input_checks import check_token_ids
-from cocoop_tf.models.clip_classifier import l2_normalize
-from cocoop_tf.models.coop import CoOp
-from cocoop_tf.models.prompt_learning import PromptLearningModel
-from cocoop_tf.models.zero_shot_clip import ZeroShotCLIP
+from cocoop_tf.models.clip_classifier import CLIPClassifier
 
 EXPORT_FORMAT = "cocoop_tf.export/1"
 
@@ -22,8 +19,9 @@ def serving_functions(model, dynamic_image_shape=False):
     - `serving_default(images, token_ids) -> {logits, probabilities}`, for
       every model, built on `model.classify`: any class set, given as ids.
     - `image_features(images) -> {image_features}`: normalised CLIP features.
-    - CoOp and zero-shot models only, whose class features do not depend on
-      the image: `text_features(token_ids) -> {text_features}` (normalised),
+    - Models whose class features do not depend on the image (zero-shot
+      CLIP, CoOp: `image_conditional` False):
+      `text_features(token_ids) -> {text_features}` (normalised),
       and `classify_features(image_features, text_features) -> {logits,
       probabilities}`, so that a client can cache the features of a class set.
 
@@ -32,7 +30,8 @@ def serving_functions(model, dynamic_image_shape=False):
     (see `input_checks`).
 
     Args:
-        model: a `CoCoOp`, `CoOp` or single-template `ZeroShotCLIP`.
+        model: a classifier of a registered method (`CLIPClassifier`); a
+            `ZeroShotCLIP` with one template.
         dynamic_image_shape: declare `images` as `[None, None, None, None]`
             and check its shape at run time only. TFLite needs this: its
             converter folds shape checks away against a declared shape, and
@@ -68,11 +67,10 @@ def serving_functions(model, dynamic_image_shape=False):
         "serving_default": (serving_default, [images_spec, token_ids_spec]),
         "image_features": (image_features, [images_spec]),
     }
-    encode_classes = _class_feature_function(model)
-    if encode_classes is not None:
+    if not model.image_conditional:
 
         def text_features(token_ids):
-            features = encode_classes(class_token_ids(token_ids))
+            features = model.class_features(class_token_ids(token_ids))
             return {"text_features": tf.cast(features, tf.float32)}
 
         def classify_features(image_features, text_features):
@@ -98,29 +96,19 @@ def model_info(model):
     index the end token may have.
 
     Args:
-        model: a `CoCoOp`, `CoOp` or `ZeroShotCLIP`.
+        model: a classifier of a registered method.
 
     Raises:
-        ValueError: for a zero-shot model with several templates, or a model
-            of another kind.
+        ValueError: for a model that cannot be exported (see
+            `export_description`), or a model of another kind.
     """
-    if isinstance(model, ZeroShotCLIP):
-        if len(model.templates) != 1:
-            raise ValueError(
-                f"This ZeroShotCLIP ensembles {len(model.templates)} templates; an "
-                "export takes one prompt per class. Export ZeroShotCLIP(clip, "
-                "classnames, template=one_template), or ensemble on the client: "
-                "average the `text_features` of each template's prompts, "
-                "normalise, and call `classify_features`."
-            )
-        prompt, n_ctx, class_specific = model.templates[0], 0, False
-    elif isinstance(model, PromptLearningModel):
-        prompt, n_ctx, class_specific = "{}.", model.n_ctx, model.class_specific
-    else:
+    if not isinstance(model, CLIPClassifier):
         raise ValueError(
-            f"Cannot export a {type(model).__name__}: expected a cocoop_tf CoCoOp, "
-            "CoOp or ZeroShotCLIP model."
+            f"Cannot export a {type(model).__name__}: expected a cocoop_tf classifier "
+            "(CoCoOp, CoOp, ZeroShotCLIP or another registered method)."
         )
+    description = model.export_description()
+    prompt, n_ctx, class_specific = description["prompt"], description["n_ctx"], description["class_specific"]
     context_length = model.clip.text_encoder.max_sequence_length
     return {
         "format": EXPORT_FORMAT,
@@ -140,28 +128,16 @@ def model_info(model):
 def serving_token_ids(model, classnames):
     """The `token_ids` input that an export of `model` takes for `classnames`.
 
-    CoOp and CoCoOp: `cocoop_tf.tokenize_classnames(names)`, the ids of
-    `"{name}."`. Zero-shot CLIP: the ids of its template filled with each
-    name. Rows are `[SOS] tokens [EOS] 0...`, int32 `[C, context_length]`.
+    `model.tokenize_classnames(names)`: for CoOp and CoCoOp
+    `cocoop_tf.tokenize_classnames(names)`, the ids of `"{name}."`; for
+    zero-shot CLIP the ids of its template filled with each name. Rows are `[SOS] tokens [EOS] 0...`, int32 `[C, context_length]`.
 
     Args:
         model: the exported model.
         classnames: list of class names (underscores become spaces).
     """
     model_info(model)  # rejects what cannot be exported
-    token_ids = model.tokenize_classnames(classnames)
-    return token_ids[:, 0] if isinstance(model, ZeroShotCLIP) else token_ids
-
-
-def _class_feature_function(model):
-    """Normalised class features `[C, D]` from checked ids, or None for CoCoOp."""
-    if isinstance(model, ZeroShotCLIP):
-        return model.class_text_features
-    if isinstance(model, CoOp):
-        return lambda token_ids: l2_normalize(
-            model.prompt_text_encoder(model.prompt_learner(), token_ids)[0]
-        )
-    return None
+    return model.tokenize_classnames(classnames)
 
 
 def _logits_and_probabilities(logits):

@@ -1,5 +1,17 @@
-"""Keras models: CoCoOp, CoOp and zero-shot CLIP."""
+"""Keras models: zero-shot CLIP, CoOp and CoCoOp, and the registry of methods.
 
-from cocoop_tf.models.cocoop import CoCoOp
+Each method is one file that registers its model with `register_method`;
+the order of registration is the order of tables and default method lists.
+"""
+
+from cocoop_tf.models.clip_classifier import CLIPClassifier
+from cocoop_tf.models.registry import METHODS
+from cocoop_tf.models.registry import get_method
+from cocoop_tf.models.registry import method_names
+from cocoop_tf.models.registry import register_method
+from cocoop_tf.models.zero_shot_clip import ZeroShotCLIP  # noqa: I001 (registration order)
 from cocoop_tf.models.coop import CoOp
-from cocoop_tf.models.zero_shot_clip import ZeroShotCLIP
+from cocoop_tf.models.cocoop import CoCoOp
+from cocoop_tf.models.prompt_file import model_from_prompt
+from cocoop_tf.models.prompt_file import read_prompt
+

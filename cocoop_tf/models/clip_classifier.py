@@ -1,14 +1,20 @@
 """The base of every classifier here: a frozen CLIP, a class set, images in 0..255."""
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.tokenizer import decode
 from cocoop_tf.layers.image_normalization import CLIPImageNormalization
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
+from cocoop_tf.models.prompt_file import backbone_widths
+from cocoop_tf.models.prompt_file import read_prompt
+from cocoop_tf.models.prompt_file import write_prompt
 from cocoop_tf.training.batch_guard import PROBLEMS
 from cocoop_tf.training.batch_guard import BatchGuard
 from cocoop_tf.training.batch_guard import batch_problems
@@ -20,25 +26,68 @@ def l2_normalize(x):
     return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
 
 
-class CLIPClassifier(keras.Model):
-    """Shared machinery of `ZeroShotCLIP`, `CoOp` and `CoCoOp`; not used directly.
+# Learned weights sit near token embeddings (about 0.01-1); anything this
+# large only comes from a damaged file or a diverged run.
+MAX_PROMPT_VALUE = 1e6
 
-    Subclasses define `tokenize_classnames(names)` (the class token ids the
-    model takes) and `classify(images, token_ids)` (logits for any class
-    set), and call `set_classnames` at the end of `__init__`.
+
+class CLIPClassifier(keras.Model):
+    """The contract every method keeps; the base of `ZeroShotCLIP`, `CoOp` and `CoCoOp`.
+
+    A method subclasses this, sets the class attributes below, builds its
+    sub-layers in `__init__` and calls `set_classnames` last, and defines:
+
+    - `tokenize_classnames(names)`: the class token ids it takes, int32
+      `[C, L]` (the export's `token_ids` input);
+    - `classify(images, token_ids)`: logits `[B, C]` for 0..255 images
+      `[B, S, S, 3]` and any class set's ids; the model's `call(images)` is
+      `classify` on its own class set;
+    - `class_features(token_ids)`: normalised class features `[C, D]`, for
+      methods whose class features do not depend on the image
+      (`image_conditional = False`), so that they can be cached and served
+      apart; logits are then `logit_scale * image_features @ features.T`.
+
+    Registered with `cocoop_tf.models.register_method`, it is a method of
+    every command (`--methods`), of prompt files and of export.
 
     `compile()` defaults to the paper's loss (cross-entropy on the logits)
-    and an accuracy metric. Training and evaluation stop with an error on a
+    and an accuracy metric; a model loaded from a `.keras` file comes back
+    compiled that way. Training and evaluation stop with an error on a
     batch with NaN or infinite pixels or labels outside the class set (and
     training on a non-finite loss), and undo it: in eager, graph and XLA
     modes alike; `predict` refuses non-finite results.
+
+    Class attributes:
+        method: the name on the command line and in the registry ("coop").
+        display_name: the name in tables ("CoOp").
+        learns: False for a method that trains nothing (zero-shot CLIP).
+        image_conditional: True when class features depend on the image
+            (CoCoOp): such a model has no `class_features`.
+        run_settings: the `RunConfig` settings passed to the constructor
+            under the same names (see `from_run_config`).
 
     Args:
         clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
         **kwargs: standard `keras.Model` arguments.
     """
 
+    method = None
+    display_name = None
+    learns = True
+    image_conditional = False
+    run_settings = ()
+
     def __init__(self, clip, **kwargs):
+        policy = keras.mixed_precision.global_policy()
+        if "dtype" not in kwargs and policy.name != "float32" and policy.name != clip.dtype_policy.name:
+            raise ValueError(
+                f"The global dtype policy is {policy.name!r} but the backbone computes in "
+                f"{clip.dtype_policy.name!r}: it was loaded before the policy was set. Load it "
+                f"after keras.mixed_precision.set_global_policy (or with load_clip(..., "
+                f"dtype={policy.name!r})), so that the whole model computes in one policy."
+            )
+        # The model and every layer it adds compute in the backbone's policy.
+        kwargs.setdefault("dtype", clip.dtype_policy)
         super().__init__(**kwargs)
         self.clip = clip
         self.image_normalization = CLIPImageNormalization(
@@ -47,6 +96,53 @@ class CLIPClassifier(keras.Model):
         self.prompt_text_encoder = PromptTextEncoder(
             clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
         )
+
+    @classmethod
+    def from_run_config(cls, clip, classnames, settings):
+        """The model a run builds: its constructor given its `run_settings`.
+
+        Args:
+            clip: the frozen backbone.
+            classnames: the class set.
+            settings: dict of run settings (`RunConfig.to_dict()`, with
+                `template` set to the templates of the run's dataset).
+        """
+        return cls(clip, classnames, **{name: settings[name] for name in cls.run_settings})
+
+    # --- the class set -------------------------------------------------------------
+
+    def tokenize_classnames(self, classnames):
+        """The class token ids `[C, L]` this model (and its export) takes."""
+        raise NotImplementedError(f"{type(self).__name__} defines no tokenize_classnames.")
+
+    def classify(self, images, token_ids):
+        """Logits `[B, C]` for 0..255 images `[B, S, S, 3]` and class token ids `[C, L]`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no classify.")
+
+    def class_features(self, token_ids):
+        """Normalised class features `[C, projection_dim]` of class token ids `[C, L]`.
+
+        Raises:
+            ValueError: the method's class features depend on the image.
+        """
+        raise ValueError(
+            f"{type(self).__name__}'s class features depend on the image; use classify(images, token_ids)."
+        )
+
+    @property
+    def classes_fixed(self):
+        """True when the learned weights belong to these classes (one context per class)."""
+        return False
+
+    def export_description(self):
+        """How an export's clients tokenise class names, as JSON-able values.
+
+        Returns:
+            dict with `prompt` (the text tokenised per class, `{}` for the
+            cleaned class name), `n_ctx` (positions the model adds to each
+            prompt) and `class_specific` (`classes_fixed`).
+        """
+        return {"prompt": "{}.", "n_ctx": 0, "class_specific": self.classes_fixed}
 
     def set_classnames(self, classnames, force=False):
         """Replaces the class set (e.g. base -> new classes); learned weights stay.
@@ -101,12 +197,20 @@ class CLIPClassifier(keras.Model):
         # Traced functions hold the class set's token ids (or features) as constants.
         self.train_function = self.test_function = self.predict_function = None
 
-    def call(self, images):
+    def call(self, images, token_ids=None):
+        """Logits `[B, C]` of 0..255 images for the model's classes, or for `token_ids` `[C, L]`.
+
+        Given `token_ids`, this is `classify`: in a functional model, a class
+        set that is an input of the graph (see the README's "Your own Keras
+        graphs").
+        """
         # Eager inference refuses bad pixels here; fit and evaluate report them
         # through their batch check (which also works under XLA), predict by its results.
         stepping = getattr(self, "_stepping", False)
         if tf.executing_eagerly() and not stepping and not np.isfinite(keras.ops.convert_to_numpy(images)).all():
             raise ValueError("The images hold NaN or infinite pixel values; check them.")
+        if token_ids is not None:
+            return self.classify(images, token_ids)
         return self.classify(images, self.token_ids)
 
     def encode_images(self, images):
@@ -127,6 +231,13 @@ class CLIPClassifier(keras.Model):
         if metrics is None:
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips this for a model whose compile() is overridden; ours only
+        # fills in defaults, so a loaded `.keras` model comes back compiled.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, stopping on a bad batch before it changes any weight.
@@ -187,6 +298,124 @@ class CLIPClassifier(keras.Model):
             return {**step(data), PROBLEMS: problems}
         finally:
             self._stepping = False
+
+    # --- prompt files --------------------------------------------------------------
+
+    @property
+    def backbone_fingerprint(self):
+        """`cocoop_tf.clip.backbone.fingerprint` of the frozen backbone, computed once."""
+        if getattr(self, "_backbone_fingerprint", None) is None:
+            self._backbone_fingerprint = fingerprint(self.clip)
+        return self._backbone_fingerprint
+
+    def save_prompt(self, path, training=None):
+        """Writes only the learned weights (context, Meta-Net) to a safetensors file.
+
+        About 140 KB for CoCoOp on ViT-B/16; apply it to a separately loaded
+        backbone with `load_prompt` or `from_prompt`. The file also records
+        the model's config (its `get_config()` without the backbone), a
+        fingerprint of the backbone's weights (a prompt means nothing on
+        another CLIP), and optionally how it was trained. It is written
+        whole or not at all. See `cocoop_tf.models.prompt_file`.
+
+        Args:
+            path: output file, conventionally `*.safetensors`.
+            training: optional JSON-able dict of the training settings
+                (dataset, shots, seed, epochs, ...), read back by
+                `read_prompt` and reported when the prompt is evaluated.
+        """
+        write_prompt(path, self, self.backbone_fingerprint, training)
+
+    def load_prompt(self, path, force=False):
+        """Loads learned weights written by `save_prompt` into this model.
+
+        Args:
+            path: a prompt checkpoint file.
+            force: load a prompt trained on a backbone with other weights
+                (same widths) anyway, with a warning; by default refused.
+
+        Raises:
+            ValueError: the file was made for another method, weight shapes
+                or backbone width, or (without `force`) another backbone.
+        """
+        tensors, metadata = read_prompt(path)
+        if metadata["method"] != type(self).__name__:
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r} does not fit this model: it holds a "
+                f"{metadata['method']} prompt, this model is a {type(self).__name__}."
+            )
+        mine = backbone_widths(self.clip)
+        for key, value in mine.items():
+            if metadata["backbone_widths"].get(key) != value:
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r} does not fit this model: its "
+                    f"{key} is {metadata['backbone_widths'].get(key)} but this model's is {value}. "
+                    "Load it into a model built the same way, on a backbone of the "
+                    "same widths."
+                )
+        trained_on = metadata.get("backbone")
+        if trained_on != self.backbone_fingerprint:
+            problem = (
+                f"Prompt checkpoint {str(path)!r} was trained on another backbone (weights "
+                f"fingerprint {trained_on}; this backbone's is {self.backbone_fingerprint}), and its "
+                "context means nothing on other weights"
+                if trained_on else
+                f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on"
+            )
+            if not force:
+                raise ValueError(
+                    f"{problem}. Load the backbone it was trained on, or pass force=True "
+                    "(--force on the command line) to load it anyway."
+                )
+            warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=2)
+        variables = {v.path: v for v in self.trainable_weights}
+        if set(variables) != set(tensors):
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r} holds {sorted(tensors)}, this model "
+                f"learns {sorted(variables)}."
+            )
+        for name, value in tensors.items():
+            if not np.isfinite(value).all() or np.abs(value).max(initial=0) > MAX_PROMPT_VALUE:
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r}: {name} holds NaN, infinite or absurd values "
+                    f"(largest magnitude {np.nanmax(np.abs(value), initial=0):g}; training leaves "
+                    f"them far below {MAX_PROMPT_VALUE:g}). The file is damaged or came from a run "
+                    "that diverged; use an earlier epoch's checkpoint or train again."
+                )
+        for name, value in tensors.items():
+            if tuple(value.shape) != tuple(variables[name].shape):
+                raise ValueError(
+                    f"Prompt checkpoint {str(path)!r}: {name} has shape {value.shape}, "
+                    f"this model needs {tuple(variables[name].shape)}."
+                )
+            variables[name].assign(value)
+
+    @classmethod
+    def from_prompt(cls, clip, path, classnames=None, force=False, **kwargs):
+        """Builds the model on `clip` with the learned weights of a prompt file.
+
+        The model is `from_config` of the config the file records, with
+        `clip` as its backbone.
+
+        Args:
+            clip: the backbone the prompt was trained on.
+            path: a prompt checkpoint written by `save_prompt`.
+            classnames: the classes to classify; default the training classes.
+            force: see `load_prompt`.
+            **kwargs: constructor arguments that replace the recorded ones.
+        """
+        _, metadata = read_prompt(path)
+        if metadata["method"] != cls.__name__:
+            raise ValueError(
+                f"{str(path)!r} is a {metadata['method']} prompt, not {cls.__name__}; "
+                f"use {metadata['method']}.from_prompt."
+            )
+        config = {**metadata["config"], **kwargs, "clip": clip}
+        if classnames is not None:
+            config["classnames"] = list(classnames)
+        model = cls.from_config(config)
+        model.load_prompt(path, force=force)
+        return model
 
     # --- serialisation -------------------------------------------------------------
 

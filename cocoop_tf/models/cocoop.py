@@ -1,14 +1,14 @@
 """CoCoOp: conditional context optimisation."""
 
-import keras
 from keras import ops
 
 from cocoop_tf.layers.meta_net import MetaNet
-from cocoop_tf.models.prompt_learning import PromptLearningModel
 from cocoop_tf.models.clip_classifier import l2_normalize
+from cocoop_tf.models.prompt_learning import PromptLearningModel
+from cocoop_tf.models.registry import register_method
 
 
-@keras.saving.register_keras_serializable(package="cocoop_tf")
+@register_method
 class CoCoOp(PromptLearningModel):
     """CoCoOp (Zhou et al., CVPR 2022): instance-conditional prompts for CLIP.
 
@@ -30,34 +30,45 @@ class CoCoOp(PromptLearningModel):
             None for N(0, 0.02) vectors.
         reduction: the Meta-Net's hidden width is `projection_dim // reduction`.
         **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    model = cocoop_tf.CoCoOp(clip, ["cat", "dog"], reduction=4)
+    model.compile(optimizer=cocoop_tf.paper_optimizer(steps_per_epoch=1, epochs=1, warmup_epochs=0))
+    model.fit(np.zeros((2, 32, 32, 3), "float32"), np.array([0, 1]), verbose=0)
+    new_ids = model.tokenize_classnames(["bird", "fish"])
+    logits = model.classify(np.zeros((1, 32, 32, 3), "float32"), new_ids)  # [1, 2]
+    ```
     """
+
+    method = "cocoop"
+    display_name = "CoCoOp"
+    image_conditional = True
+    run_settings = ("n_ctx", "ctx_init", "reduction")
 
     def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", reduction=16, **kwargs):
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, **kwargs)
         self.reduction = reduction
-        self.meta_net = MetaNet(clip.text_encoder.embedding_dim, reduction=reduction, name="meta_net")
+        self.meta_net = MetaNet(
+            clip.text_encoder.embedding_dim, reduction=reduction, dtype=clip.dtype_policy, name="meta_net"
+        )
         self.meta_net.build((None, clip.projection_dim))
+        self.set_classnames(classnames)
 
-    def classify(self, images, class_token_ids):
+    def classify(self, images, token_ids):
         """Logits `[B, C]` for images and any class set's token ids.
 
         Args:
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            class_token_ids: int `[C, L]` from `tokenize_classnames`.
+            token_ids: int `[C, L]` from `tokenize_classnames`.
         """
         image_features = self.encode_images(images)
         context = self.prompt_learner(self.meta_net(image_features))
-        text_features = l2_normalize(self.prompt_text_encoder(context, class_token_ids))
+        text_features = l2_normalize(self.prompt_text_encoder(context, token_ids))
         text_features = ops.cast(text_features, image_features.dtype)
         logits = ops.einsum("bd,bcd->bc", image_features, text_features)
         return self.logit_scale(logits.dtype) * logits
-
-    def _prompt_metadata(self, training=None):
-        return {**super()._prompt_metadata(training), "reduction": str(self.reduction)}
-
-    @classmethod
-    def _constructor_options(cls, metadata):
-        return {"reduction": int(metadata["reduction"])}
 
     def get_config(self):
         config = super().get_config()

@@ -1,18 +1,19 @@
 """CoOp: context optimisation with one learned prompt for all images."""
 
-import keras
 from keras import ops
 
-from cocoop_tf.models.prompt_learning import PromptLearningModel
 from cocoop_tf.models.clip_classifier import l2_normalize
+from cocoop_tf.models.prompt_learning import PromptLearningModel
+from cocoop_tf.models.registry import register_method
 
 
-@keras.saving.register_keras_serializable(package="cocoop_tf")
+@register_method
 class CoOp(PromptLearningModel):
     """CoOp (Zhou et al., IJCV 2022): learned context vectors shared by all images.
 
     The prompt of class `i` is `[v_1, ..., v_M, c_i]` (or, class-specific,
     `[v_1^i, ..., v_M^i, c_i]`); `logits_i = exp(logit_scale) * cos(f(x), g(t_i))`.
+    Class features do not depend on the image: `class_features` gives them.
 
     Takes RGB images as pixel values 0..255, `[B, S, S, 3]`; returns logits
     `[B, num_classes]`.
@@ -25,29 +26,41 @@ class CoOp(PromptLearningModel):
         class_specific: one context per class (CoOp's "CSC" variant); such a
             model cannot be moved to another number of classes.
         **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    model = cocoop_tf.CoOp(clip, ["cat", "dog"])
+    logits = model(np.zeros((2, 32, 32, 3), "float32"))  # [2, 2]
+    features = model.class_features(model.tokenize_classnames(["bird"]))  # [1, 32]
+    ```
     """
+
+    method = "coop"
+    display_name = "CoOp"
+    run_settings = ("n_ctx", "ctx_init", "class_specific")
 
     def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", class_specific=False, **kwargs):
         super().__init__(
             clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific, **kwargs
         )
+        self.set_classnames(classnames)
 
-    def classify(self, images, class_token_ids):
+    def class_features(self, token_ids):
+        """Normalised class features `[C, projection_dim]` of class token ids `[C, L]`."""
+        return l2_normalize(self.prompt_text_encoder(self.prompt_learner(), token_ids)[0])
+
+    def classify(self, images, token_ids):
         """Logits `[B, C]` for images and any class set's token ids.
 
         Args:
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            class_token_ids: int `[C, L]` from `tokenize_classnames`.
+            token_ids: int `[C, L]` from `tokenize_classnames`.
         """
         image_features = self.encode_images(images)
-        text_features = self.prompt_text_encoder(self.prompt_learner(), class_token_ids)
-        text_features = ops.cast(l2_normalize(text_features[0]), image_features.dtype)
+        text_features = ops.cast(self.class_features(token_ids), image_features.dtype)
         logits = ops.matmul(image_features, ops.transpose(text_features))
         return self.logit_scale(logits.dtype) * logits
-
-    @classmethod
-    def _constructor_options(cls, metadata):
-        return {"class_specific": metadata["class_specific"] == "True"}
 
     def get_config(self):
         config = super().get_config()

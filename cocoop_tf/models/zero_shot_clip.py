@@ -1,6 +1,5 @@
 """Zero-shot CLIP classification with hand-written prompt templates."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -9,12 +8,13 @@ from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.prompts import tokenize_prompts
 from cocoop_tf.models.clip_classifier import CLIPClassifier
 from cocoop_tf.models.clip_classifier import l2_normalize
+from cocoop_tf.models.registry import register_method
 
 # Classes encoded per text-encoder call when building the class features.
 TEXT_BATCH_SIZE = 256
 
 
-@keras.saving.register_keras_serializable(package="cocoop_tf")
+@register_method
 class ZeroShotCLIP(CLIPClassifier):
     """Zero-shot CLIP classifier: `logit_scale * cos(image, "a photo of a {c}.")`.
 
@@ -31,7 +31,21 @@ class ZeroShotCLIP(CLIPClassifier):
         template: a format string with one `{}` for the class name, or a
             list of them to ensemble.
         **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    model = cocoop_tf.ZeroShotCLIP(clip, ["cat", "dog"], template="a photo of a {}.")
+    logits = model(np.zeros((2, 32, 32, 3), "float32"))  # [2, 2]
+    ids = model.tokenize_classnames(["bird"])  # [1, 77]
+    features = model.class_features(ids)  # [1, 32], normalised
+    ```
     """
+
+    method = "zeroshot"
+    display_name = "CLIP"
+    learns = False
+    run_settings = ("template",)
 
     def __init__(self, clip, classnames, template="a photo of a {}.", **kwargs):
         super().__init__(clip, **kwargs)
@@ -58,7 +72,7 @@ class ZeroShotCLIP(CLIPClassifier):
         self._text_features = None
 
     def tokenize_classnames(self, classnames):
-        """Token ids of every (class, template) prompt, `[C, num_templates, L]`.
+        """Token ids of each class's prompt: `[C, L]`, or `[C, num_templates, L]` for several.
 
         This is the `token_ids` input of `classify` and of exported models.
 
@@ -70,9 +84,11 @@ class ZeroShotCLIP(CLIPClassifier):
         owners = [name for name in names for _ in self.templates]
         context_length = self.clip.text_encoder.max_sequence_length
         token_ids = tokenize_prompts(texts, owners, context_length)
+        if len(self.templates) == 1:
+            return token_ids
         return token_ids.reshape(len(names), len(self.templates), context_length)
 
-    def class_text_features(self, token_ids):
+    def class_features(self, token_ids):
         """Normalised, template-averaged text features `[C, dim]` of prompt ids.
 
         Args:
@@ -95,7 +111,7 @@ class ZeroShotCLIP(CLIPClassifier):
             token_ids = self.token_ids[..., :length]
             self._text_features = ops.concatenate(
                 [
-                    self.class_text_features(token_ids[i : i + TEXT_BATCH_SIZE])
+                    self.class_features(token_ids[i : i + TEXT_BATCH_SIZE])
                     for i in range(0, len(token_ids), TEXT_BATCH_SIZE)
                 ],
                 axis=0,
@@ -107,20 +123,33 @@ class ZeroShotCLIP(CLIPClassifier):
 
         Args:
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            token_ids: int `[C, num_templates, L]` from `tokenize_classnames`.
+            token_ids: int `[C, L]` (or `[C, num_templates, L]`) from `tokenize_classnames`.
         """
-        return self._logits(self.encode_images(images), self.class_text_features(token_ids))
+        return self._logits(self.encode_images(images), self.class_features(token_ids))
 
     def _logits(self, image_features, text_features):
         text_features = ops.cast(text_features, image_features.dtype)
         logits = ops.matmul(image_features, ops.transpose(text_features))
         return self.logit_scale(logits.dtype) * logits
 
-    def call(self, images):
+    def call(self, images, token_ids=None):
+        if token_ids is not None:
+            return super().call(images, token_ids)
         # Computed eagerly even while a graph is traced, so it becomes a constant.
         with tf.init_scope():
             text_features = self.text_features()
         return self._logits(self.encode_images(images), text_features)
+
+    def export_description(self):
+        if len(self.templates) != 1:
+            raise ValueError(
+                f"This ZeroShotCLIP ensembles {len(self.templates)} templates; an "
+                "export takes one prompt per class. Export ZeroShotCLIP(clip, "
+                "classnames, template=one_template), or ensemble on the client: "
+                "average the `text_features` of each template's prompts, "
+                "normalise, and call `classify_features`."
+            )
+        return {"prompt": self.templates[0], "n_ctx": 0, "class_specific": False}
 
     def load_own_variables(self, store):
         # Loading weights changes the backbone: class features must be recomputed.

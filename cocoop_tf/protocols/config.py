@@ -5,8 +5,7 @@ import json
 import os
 
 from cocoop_tf.data.transforms import check_crop_scale
-
-METHODS = ("zeroshot", "coop", "cocoop")
+from cocoop_tf.models import method_names
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
 
@@ -21,7 +20,8 @@ class RunConfig:
     Args:
         backbone: CLIP source for `load_clip` (preset, folder, file, or a
             built-in name such as "random_tiny").
-        methods: any of "zeroshot", "coop", "cocoop".
+        methods: registered method names (`cocoop_tf.models.method_names()`:
+            "zeroshot", "coop", "cocoop"); default all.
         seeds: few-shot sampling and training seeds; results are averaged.
         shots: training images per class.
         epochs: training epochs; the last epoch's model is evaluated.
@@ -55,7 +55,7 @@ class RunConfig:
     """
 
     backbone: str = None
-    methods: list = dataclasses.field(default_factory=lambda: list(METHODS))
+    methods: list = dataclasses.field(default_factory=method_names)
     seeds: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
     shots: int = 16
     epochs: int = 10
@@ -89,9 +89,9 @@ class RunConfig:
         """Raises ValueError naming the first setting that makes no sense."""
         if not self.backbone:
             raise ValueError("No backbone: pass --backbone (or 'backbone' in the config file).")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in method_names()]
         if unknown or not self.methods:
-            raise ValueError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+            raise ValueError(f"Unknown method(s) {unknown}; choose from {', '.join(method_names())}.")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"Methods repeat: {self.methods}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -24,21 +24,22 @@ BASE_TO_NEW_AVERAGE = {
 }
 
 # Accuracy per evaluated dataset of the ImageNet-trained models (16 shots).
-_TRANSFER_TARGETS = (
+CROSS_DATASET_TARGETS = (
     "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
 )
 CROSS_DATASET = {
     "coop": dict(zip(
-        ("imagenet", *_TRANSFER_TARGETS, "average"),
+        ("imagenet", *CROSS_DATASET_TARGETS, "average"),
         (71.51, 93.70, 89.14, 64.51, 68.71, 85.30, 18.47, 64.15, 41.92, 46.39, 66.55, 63.88),
     )),
     "cocoop": dict(zip(
-        ("imagenet", *_TRANSFER_TARGETS, "average"),
+        ("imagenet", *CROSS_DATASET_TARGETS, "average"),
         (71.02, 94.43, 90.14, 65.32, 71.88, 86.06, 22.94, 67.36, 45.73, 45.37, 68.21, 65.74),
     )),
 }
-_DOMAINS = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+DOMAIN_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+_DOMAINS = ("imagenet", *DOMAIN_TARGETS)
 DOMAIN_GENERALIZATION = {
     "zeroshot": dict(zip(_DOMAINS, (66.73, 60.83, 46.15, 47.77, 73.96))),
     "coop": dict(zip(_DOMAINS, (71.51, 64.20, 47.99, 49.71, 75.21))),

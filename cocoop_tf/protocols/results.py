@@ -30,16 +30,18 @@ import platform
 import numpy as np
 
 from cocoop_tf.files import write_text
+from cocoop_tf.models import get_method
+from cocoop_tf.protocols.protocol import get_protocol
 
 RESULTS_FORMAT = "cocoop_tf.results/1"
-METHOD_NAMES = {"zeroshot": "CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
-PROTOCOL_TITLES = {
-    "base2new": "Base-to-new generalisation",
-    "cross-dataset": "Cross-dataset transfer",
-    "domain-generalization": "Domain generalisation",
-    "train": "Training",
-    "evaluate": "Evaluation",
-}
+
+
+def display_name(method):
+    """A method's name in tables ("CoOp"); the name itself for a method no longer registered."""
+    try:
+        return get_method(method).display_name
+    except ValueError:
+        return method
 
 
 def harmonic_mean(base, new):
@@ -69,12 +71,13 @@ def summarize(protocol, runs, evaluations, targets=()):
     for method in dict.fromkeys(run["method"] for run in runs):
         mine = [run for run in runs if run["method"] == method]
         entry = {key: _stats([run["accuracy"][key] for run in mine]) for key in evaluations}
-        if protocol == "base2new":
+        kind = get_protocol(protocol).summary
+        if kind == "h":
             entry["h"] = {
                 "of_means": harmonic_mean(entry["base"]["mean"], entry["new"]["mean"]),
                 **_stats([run["h"] for run in mine]),
             }
-        if protocol == "cross-dataset" and targets:
+        if kind == "average" and targets:
             entry["average"] = _stats(
                 [np.mean([run["accuracy"][t] for t in targets]) for run in mine]
             )
@@ -99,10 +102,11 @@ def write_results(folder, results):
 
 def _columns(results):
     """The table's columns: (key in summary, heading)."""
-    if results["protocol"] == "base2new":
+    kind = get_protocol(results["protocol"]).summary
+    if kind == "h":
         return [("base", "Base"), ("new", "New"), ("h", "H")]
     columns = [(key, key) for key in results["evaluations"]]
-    if results["protocol"] == "cross-dataset" and results.get("targets"):
+    if kind == "average" and results.get("targets"):
         columns.append(("average", "Average"))
     return columns
 
@@ -119,7 +123,7 @@ def markdown_table(results):
     columns = _columns(results)
     what = results.get("source") or ", ".join(results["evaluations"])
     lines = [
-        f"### {PROTOCOL_TITLES[results['protocol']]}: {what}",
+        f"### {get_protocol(results['protocol']).title}: {what}",
         "",
         *_settings_lines(results),
         "",
@@ -129,12 +133,12 @@ def markdown_table(results):
     published = results.get("published") or {}
     for method, entry in results["summary"].items():
         lines.append(
-            f"| {METHOD_NAMES[method]} | " + " | ".join(_cell(entry.get(key)) for key, _ in columns) + " |"
+            f"| {display_name(method)} | " + " | ".join(_cell(entry.get(key)) for key, _ in columns) + " |"
         )
         if method in published:
             paper = published[method]
             lines.append(
-                f"| {METHOD_NAMES[method]} (paper) | "
+                f"| {display_name(method)} (paper) | "
                 + " | ".join(f"{paper[key]:.2f}" if key in paper else "" for key, _ in columns)
                 + " |"
             )
@@ -154,9 +158,9 @@ def _settings_lines(results):
     """What the numbers were measured with: the training settings of the prompts evaluated."""
     config = results["config"]
     accuracy = "Top-1 accuracy (%), mean ± std over seeds"
-    if results["protocol"] == "base2new":
+    if get_protocol(results["protocol"]).summary == "h":
         accuracy += " (H: harmonic mean of the mean Base and New)"
-    trained = [run for run in results["runs"] if run["method"] != "zeroshot"]
+    trained = [run for run in results["runs"] if run["seed"] is not None or run.get("prompt")]
     if results["protocol"] != "evaluate":
         seeds = ", ".join(map(str, config["seeds"]))
         what = f"{_training_line(config)}, seeds {seeds}" if trained else "zero-shot"
@@ -165,11 +169,11 @@ def _settings_lines(results):
     for run in trained:
         record = run.get("trained")
         if record is None:
-            lines.append(f"- {METHOD_NAMES[run['method']]} prompt `{run['prompt']}`: "
+            lines.append(f"- {display_name(run['method'])} prompt `{run['prompt']}`: "
                          "its file does not record how it was trained.")
             continue
         lines.append(
-            f"- {METHOD_NAMES[run['method']]} prompt `{run['prompt']}`: trained on "
+            f"- {display_name(run['method'])} prompt `{run['prompt']}`: trained on "
             f"{record['dataset']} ({record['subset']} classes), seed {record['seed']}, "
             f"{_training_line(record)}, backbone `{record['backbone']}`."
         )
@@ -211,7 +215,7 @@ def plot(path, results):
         heights = [entry[key].get("of_means", entry[key]["mean"]) for key, _ in columns]
         errors = [entry[key]["std"] for key, _ in columns]
         x = positions + (i - (len(methods) - 1) / 2) * width
-        bars = axes.bar(x, heights, width, yerr=errors, capsize=2, label=METHOD_NAMES[method])
+        bars = axes.bar(x, heights, width, yerr=errors, capsize=2, label=display_name(method))
         for bar, height in zip(bars, heights):
             axes.annotate(f"{height:.1f}", (bar.get_x() + bar.get_width() / 2, height),
                           ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
@@ -224,7 +228,7 @@ def plot(path, results):
                     rotation=30 if len(columns) > 4 else 0, ha="right" if len(columns) > 4 else "center")
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_ylim(0, 105)
-    axes.set_title(f"{PROTOCOL_TITLES[results['protocol']]}: {results.get('source') or ''}".rstrip(": "))
+    axes.set_title(f"{get_protocol(results['protocol']).title}: {results.get('source') or ''}".rstrip(": "))
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.tight_layout()
     figure.savefig(path)

@@ -1,8 +1,11 @@
 """The paper's protocols, end to end: data, training per method and seed, evaluation, results.
 
 Every protocol is the same loop: for each method and seed, train on the
-few-shot source view (CoOp, CoCoOp; zero-shot CLIP trains nothing and runs
-once), then evaluate on a list of test sets, each with its own class names.
+few-shot source view (a method that learns; zero-shot CLIP trains nothing
+and runs once), then evaluate on a list of test sets, each with its own
+class names. `run_protocol` is four steps: `plan_run` (data, checks, jobs),
+then per job `train_job` and `evaluate_job`, then `report`. What each
+protocol means (keys, summary, published numbers) is its `Protocol` value.
 
 - base-to-new: train on the base classes, evaluate on base and new;
 - cross-dataset: train on all source classes, evaluate on the source and
@@ -14,6 +17,7 @@ The output folder holds everything (see `RunFolder`); an interrupted run
 continues with `resume=True`.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -26,17 +30,18 @@ from cocoop_tf.data import load_dataset
 from cocoop_tf.data.benchmarks import find_benchmark
 from cocoop_tf.data.checks import check_images
 from cocoop_tf.files import write_text
-from cocoop_tf.models.prompt_learning import read_prompt
+from cocoop_tf.models import get_method
+from cocoop_tf.models import model_from_prompt
+from cocoop_tf.models import read_prompt
 from cocoop_tf.protocols.distribute import is_chief
 from cocoop_tf.protocols.distribute import make_strategy
 from cocoop_tf.protocols.distribute import set_seeds
 from cocoop_tf.protocols.evaluation import accuracy
 from cocoop_tf.protocols.evaluation import predict_split
 from cocoop_tf.protocols.evaluation import save_predictions
-from cocoop_tf.protocols.published import published_base_to_new
-from cocoop_tf.protocols.published import published_transfer
-from cocoop_tf.protocols.results import METHOD_NAMES
+from cocoop_tf.protocols.protocol import get_protocol
 from cocoop_tf.protocols.results import RESULTS_FORMAT
+from cocoop_tf.protocols.results import display_name
 from cocoop_tf.protocols.results import harmonic_mean
 from cocoop_tf.protocols.results import summarize
 from cocoop_tf.protocols.results import versions
@@ -49,6 +54,27 @@ from cocoop_tf.protocols.training import train_prompt_model
 def _canonical(name):
     benchmark = find_benchmark(os.fspath(name))
     return benchmark.name if benchmark else os.path.basename(os.path.normpath(os.fspath(name)))
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run will do, known before anything is written (see `plan_run`)."""
+
+    protocol: object
+    config: object
+    source: str
+    source_data: object
+    subset: str
+    views: list
+    prompts: list
+    skipped: set
+    settings: dict
+    jobs: list
+
+    def few_shot(self, seed, cache_dir=None):
+        """The few-shot training view of a seed, without the images left out."""
+        view = self.source_data.few_shot(self.config.shots, seed, cache_dir=cache_dir)
+        return view.subsample(self.subset).without(self.skipped)
 
 
 def run_protocol(
@@ -68,10 +94,10 @@ def run_protocol(
 
     Args:
         protocol: "base2new", "cross-dataset", "domain-generalization",
-            "train" or "evaluate".
+            "train" or "evaluate" (see `cocoop_tf.protocols.protocol`).
         config: a `RunConfig`.
         output: the output folder (see `RunFolder`).
-        source: the training dataset (name or folder), for CoOp/CoCoOp.
+        source: the training dataset (name or folder), for methods that learn.
         subset: the source classes trained on: "all" or "base".
         evaluations: list of `(dataset, subset)` test sets; in base-to-new
             `[(source, "base"), (source, "new")]`.
@@ -86,6 +112,71 @@ def run_protocol(
         The dict written to `results.json` (see `cocoop_tf.protocols.results`).
     """
     started = time.time()
+    plan = plan_run(protocol, config, source, subset, evaluations, prompts, log)
+    strategy = make_strategy(config.strategy, config.tpu)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    folder = None
+    try:
+        with strategy.scope():
+            clip = load_clip(config.backbone)
+            # Class sets the models cannot take (a name too long for the context, words
+            # the backbone never learned), or a prompt that does not fit this backbone,
+            # stop here, before the run folder is written.
+            _build_every_model(clip, plan, force)
+        folder = RunFolder(output, plan.settings, resume, write_files=is_chief(), log=log)
+        image_size = config.image_size or clip.vision_encoder.image_shape[0]
+        log(
+            f"{protocol}: backbone {config.backbone} ({image_size}px), "
+            f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
+        )
+        runs = []
+        for index, (method, seed, prompt) in enumerate(plan.jobs, start=1):
+            run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
+                folder.path, "runs", f"prompt{index}"
+            )
+            label = f"[{index}/{len(plan.jobs)}] {display_name(method)}" + ("" if seed is None else f", seed {seed}")
+            result_file = os.path.join(run_dir, "result.json")
+            if resume and os.path.exists(result_file):
+                done = read_json(result_file)
+                if done is not None:
+                    runs.append(done)
+                    log(f"{label}: done before, kept")
+                    continue
+                log(f"{label}: {result_file} is damaged; evaluating this run again")
+            log(f"{label}")
+            set_seeds(seed if seed is not None else 0, config.deterministic)
+            with strategy.scope():
+                if prompt is not None:
+                    model = _model_from_prompt(clip, prompt, force)
+                elif get_method(method).learns:
+                    model = train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log)
+                else:
+                    model = None  # built per test set, on its classes and templates
+            run = evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_dir, image_size, log)
+            if folder.write_files:
+                write_text(result_file, json.dumps(run, indent=2))
+            runs.append(run)
+    except BaseException:
+        if folder is not None:
+            folder.close()
+        raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    try:
+        return report(plan, runs, folder, started, log)
+    finally:
+        folder.close()
+
+
+def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
+    """Loads the datasets, checks their images and lists the jobs; writes nothing.
+
+    Returns:
+        A `RunPlan`. Unreadable images raise here (or, with `skip_corrupt`,
+        are left out of every view).
+    """
+    definition = get_protocol(protocol)
     datasets = {}
 
     def dataset(name):
@@ -93,25 +184,21 @@ def run_protocol(
             datasets[name] = load_dataset(name, config.data_root)
         return datasets[name]
 
-    trains = any(m != "zeroshot" for m in config.methods) and not prompts
+    learners = [m for m in config.methods if get_method(m).learns]
+    trains = bool(learners) and not prompts
     if trains and source is None:
-        raise ValueError("CoOp and CoCoOp need a training dataset (--dataset or --source).")
-    if trains and config.class_specific and any(
-        (_canonical(name), sub) != (_canonical(source), subset) for name, sub in evaluations
-    ):
         raise ValueError(
-            "Class-specific CoOp (class_specific) learns one context per training class and "
-            "cannot be evaluated on other classes; turn it off for this protocol."
+            f"{', '.join(map(display_name, learners))} need a training dataset (--dataset or --source)."
         )
     views = []
     for name, sub in evaluations:
-        key = sub if protocol == "base2new" else _canonical(name)
+        key = sub if definition.keyed_by_subset else _canonical(name)
         if any(key == k for k, _ in views):
             raise ValueError(f"{key!r} is evaluated twice; give each test set once.")
         views.append((key, dataset(name).subsample(sub)))
     source_data = dataset(source) if trains else None
     source_name = _canonical(source) if source is not None else None
-    prompt_metadata = [read_prompt(path)[1] for path in prompts]
+    prompt_files = [(path, read_prompt(path)[1]) for path in prompts]
 
     # Unreadable images stop the run now, before any file is written or any
     # training starts (or, with skip_corrupt, are left out everywhere).
@@ -132,6 +219,14 @@ def run_protocol(
     if skipped:
         views = [(key, view.without(skipped)) for key, view in views]
 
+    if prompts:
+        jobs = [(get_method(metadata["method"]).method, None, path) for path, metadata in prompt_files]
+    else:
+        jobs = [
+            (method, seed, None)
+            for method in config.methods
+            for seed in (config.seeds if get_method(method).learns else [None])
+        ]
     settings = {
         "format": RESULTS_FORMAT,
         "protocol": protocol,
@@ -141,145 +236,105 @@ def run_protocol(
         "prompts": [os.path.abspath(p) for p in prompts],
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size")},
     }
-    strategy = make_strategy(config.strategy, config.tpu)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
-    folder = None
-    try:
-        with strategy.scope():
-            clip = load_clip(config.backbone)
-            # Class sets the models cannot take (a name too long for the context, words
-            # the backbone never learned), or a prompt that does not fit this backbone,
-            # stop here, before the run folder is written.
-            _build_every_model(clip, config, prompts, prompt_metadata, force, source_data, subset, views)
-        folder = RunFolder(output, settings, resume, write_files=is_chief(), log=log)
-        image_size = config.image_size or clip.vision_encoder.image_shape[0]
-        log(
-            f"{protocol}: backbone {config.backbone} ({image_size}px), "
-            f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
-        )
-        if prompts:
-            jobs = [(metadata["method"].lower(), None, path) for metadata, path in zip(prompt_metadata, prompts)]
+    return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
+                   settings, jobs)
+
+
+def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log=print):
+    """Trains one method on one seed's few-shot view; returns the model (its prompt file written)."""
+    config = plan.config
+    few_shot = plan.few_shot(seed, os.path.join(folder.path, "splits") if folder.write_files else None)
+    log(
+        f"  training on {config.shots} shots of {few_shot.num_classes} {plan.subset} classes "
+        f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs"
+    )
+    training = training_record(plan.protocol.name, plan.source, plan.subset, seed, config)
+    model = build_model(method, clip, few_shot.classnames, config, None)
+    train_prompt_model(
+        model, few_shot, config, seed, image_size,
+        checkpoint_dir=os.path.join(run_dir, "checkpoints"),
+        log_dir=os.path.join(run_dir, "tensorboard"),
+        resume=resume, write_files=folder.write_files, training=training, log=log,
+    )
+    if folder.write_files:
+        model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
+    return model
+
+
+def evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_dir, image_size, log=print):
+    """Evaluates one job's model on every test set; returns its `runs` entry."""
+    config = plan.config
+    run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
+    if prompt is not None:
+        run["prompt"] = os.path.abspath(prompt)
+        run["trained"] = dict(plan.prompts)[prompt].get("training")
+        run["seed"] = (run["trained"] or {}).get("seed")
+    for key, view in plan.views:
+        if model is None or not get_method(method).learns:
+            with strategy.scope():
+                model = build_model(method, clip, view.classnames, config, view.template)
         else:
-            jobs = [
-                (method, seed, None)
-                for method in config.methods
-                for seed in ([None] if method == "zeroshot" else config.seeds)
-            ]
-        runs = []
-        for index, (method, seed, prompt) in enumerate(jobs, start=1):
-            run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
-                folder.path, "runs", f"prompt{index}"
-            )
-            label = f"[{index}/{len(jobs)}] {METHOD_NAMES[method]}" + ("" if seed is None else f", seed {seed}")
-            result_file = os.path.join(run_dir, "result.json")
-            if resume and os.path.exists(result_file):
-                done = read_json(result_file)
-                if done is not None:
-                    runs.append(done)
-                    log(f"{label}: done before, kept")
-                    continue
-                log(f"{label}: {result_file} is damaged; evaluating this run again")
-            log(f"{label}")
-            set_seeds(seed if seed is not None else 0, config.deterministic)
-            model = None
-            if prompt is not None:
-                with strategy.scope():
-                    model = _model_from_prompt(clip, prompt, prompt_metadata[index - 1], force)
-            elif method != "zeroshot":
-                few_shot = source_data.few_shot(
-                    config.shots, seed, cache_dir=os.path.join(folder.path, "splits") if folder.write_files else None
-                ).subsample(subset).without(skipped)
-                log(
-                    f"  training on {config.shots} shots of {few_shot.num_classes} {subset} classes "
-                    f"of {source_name} ({len(few_shot.train)} images), {config.epochs} epochs"
-                )
-                training = training_record(protocol, source_name, subset, seed, config)
-                with strategy.scope():
-                    model = build_model(method, clip, few_shot.classnames, config, None)
-                    train_prompt_model(
-                        model, few_shot, config, seed, image_size,
-                        checkpoint_dir=os.path.join(run_dir, "checkpoints"),
-                        log_dir=os.path.join(run_dir, "tensorboard"),
-                        resume=resume, write_files=folder.write_files, training=training, log=log,
-                    )
-                if folder.write_files:
-                    model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
-            run = {"method": method, "seed": seed, "accuracy": {}, "predictions": {}}
-            if prompt is not None:
-                run["prompt"] = os.path.abspath(prompt)
-                run["trained"] = prompt_metadata[index - 1].get("training")
-                run["seed"] = (run["trained"] or {}).get("seed")
-            for key, view in views:
-                if method == "zeroshot":
-                    with strategy.scope():
-                        model = build_model(method, clip, view.classnames, config, config.templates or view.template)
-                else:
-                    model.set_classnames(view.classnames)
-                labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
-                run["accuracy"][key] = accuracy(labels, predicted)
-                path = os.path.join(run_dir, "predictions", f"{key}.npz")
-                if folder.write_files:
-                    save_predictions(path, labels, predicted, view.classnames)
-                run["predictions"][key] = folder.relative(path)
-                log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
-            if protocol == "base2new":
-                run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
-                log(f"  H: {run['h']:.2f}")
-            if folder.write_files:
-                write_text(result_file, json.dumps(run, indent=2))
-            runs.append(run)
-    except BaseException:
-        if folder is not None:
-            folder.close()
-        raise
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    try:
-        keys = [key for key, _ in views]
-        targets = [key for key in keys if key != source_name]
-        if protocol == "base2new":
-            published = published_base_to_new(source_name)
-        elif protocol in ("cross-dataset", "domain-generalization"):
-            published = published_transfer(protocol, source_name)
-        else:
-            published = None
-        results = {
-            **settings,
-            "config": config.to_dict(),
-            "versions": versions(),
-            "evaluations": keys,
-            "targets": targets,
-            "classes": {key: view.classnames for key, view in views},
-            "runs": runs,
-            "summary": summarize(protocol, runs, keys, targets),
-            "published": published,
-            "seconds": round(time.time() - started, 1),
-        }
+            model.set_classnames(view.classnames)
+        labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
+        run["accuracy"][key] = accuracy(labels, predicted)
+        path = os.path.join(run_dir, "predictions", f"{key}.npz")
         if folder.write_files:
-            table = write_results(folder.path, results)
-            log("")
-            log(table)
-            log(f"Results in {folder.path}: results.json, results.md, results.csv, results.png")
-        return results
-    finally:
-        folder.close()
+            save_predictions(path, labels, predicted, view.classnames)
+        run["predictions"][key] = folder.relative(path)
+        log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
+    if plan.protocol.summary == "h":
+        run["h"] = harmonic_mean(run["accuracy"]["base"], run["accuracy"]["new"])
+        log(f"  H: {run['h']:.2f}")
+    return run
 
 
-def _build_every_model(clip, config, prompts, prompt_metadata, force, source_data, subset, views):
+def report(plan, runs, folder, started, log=print):
+    """Summarises the runs, writes the results files (chief only) and returns the results dict."""
+    keys = [key for key, _ in plan.views]
+    targets = [key for key in keys if key != plan.source]
+    results = {
+        **plan.settings,
+        "config": plan.config.to_dict(),
+        "versions": versions(),
+        "evaluations": keys,
+        "targets": targets,
+        "classes": {key: view.classnames for key, view in plan.views},
+        "runs": runs,
+        "summary": summarize(plan.protocol.name, runs, keys, targets),
+        "published": plan.protocol.published_numbers(plan.source),
+        "seconds": round(time.time() - started, 1),
+    }
+    if folder.write_files:
+        table = write_results(folder.path, results)
+        log("")
+        log(table)
+        log(f"Results in {folder.path}: results.json, results.md, results.csv, results.png")
+    return results
+
+
+def _build_every_model(clip, plan, force):
     """Builds each model the run will build, on each class set it will take; raises what they raise."""
-    if prompts:
-        models = [_model_from_prompt(clip, p, m, force) for p, m in zip(prompts, prompt_metadata)]
+    config = plan.config
+    if plan.prompts:
+        models = [_model_from_prompt(clip, path, force) for path, _ in plan.prompts]
     else:
-        models = [
-            build_model(method, clip, source_data.subsample(subset).classnames, config, None)
-            for method in config.methods if method != "zeroshot"
-        ]
-        if "zeroshot" in config.methods:
-            for _, view in views:
-                build_model("zeroshot", clip, view.classnames, config, config.templates or view.template)
+        classnames = plan.source_data.subsample(plan.subset).classnames if plan.source_data else None
+        models = []
+        for method in config.methods:
+            if get_method(method).learns:
+                models.append(build_model(method, clip, classnames, config, None))
+            else:
+                for _, view in plan.views:
+                    build_model(method, clip, view.classnames, config, view.template)
     for model in models:
-        for _, view in views:
+        trained_on = list(model.classnames)
+        for key, view in plan.views:
+            if model.classes_fixed and list(view.classnames) != trained_on:
+                raise ValueError(
+                    f"This {type(model).__name__} learns weights for each of its training classes "
+                    f"(class-specific), and cannot be evaluated on other classes ({key}); turn "
+                    "class_specific off for this protocol."
+                )
             model.set_classnames(view.classnames)
 
 
@@ -292,14 +347,8 @@ def training_record(protocol, source, subset, seed, config):
     return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
 
 
-def _model_from_prompt(clip, path, metadata, force=False):
-    from cocoop_tf.models import CoCoOp
-    from cocoop_tf.models import CoOp
-
-    method = {"CoOp": CoOp, "CoCoOp": CoCoOp}.get(metadata.get("method"))
-    if method is None:
-        raise ValueError(f"{path!r} holds a {metadata.get('method')!r} prompt; expected CoOp or CoCoOp.")
+def _model_from_prompt(clip, path, force=False):
     try:
-        return method.from_prompt(clip, path, force=force)
+        return model_from_prompt(clip, path, force=force)
     except ValueError as error:
         raise ValueError(f"{error} (backbone: the --backbone given here)") from None

@@ -12,30 +12,26 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from cocoop_tf.files import save_safetensors
-from cocoop_tf.models import CoCoOp
-from cocoop_tf.models import CoOp
-from cocoop_tf.models import ZeroShotCLIP
-from cocoop_tf.models.prompt_learning import read_prompt
+from cocoop_tf.models import get_method
+from cocoop_tf.models import read_prompt
 from cocoop_tf.training import paper_optimizer
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
 
 
 def build_model(method, clip, classnames, config, templates):
-    """The model of a method, configured by a `RunConfig`.
+    """The model of a registered method, configured by a `RunConfig`.
 
     Args:
-        method: "zeroshot", "coop" or "cocoop".
+        method: a method name ("zeroshot", "coop", "cocoop", ...).
         clip: the frozen backbone.
         classnames: the class set.
         config: a `RunConfig`.
-        templates: zero-shot prompt templates.
+        templates: the prompt templates of the dataset (zero-shot CLIP's
+            `template`), unless the config sets its own.
     """
-    if method == "zeroshot":
-        return ZeroShotCLIP(clip, classnames, template=templates)
-    if method == "coop":
-        return CoOp(clip, classnames, config.n_ctx, config.ctx_init, class_specific=config.class_specific)
-    return CoCoOp(clip, classnames, config.n_ctx, config.ctx_init, reduction=config.reduction)
+    settings = {**config.to_dict(), "template": config.templates or templates}
+    return get_method(method).from_run_config(clip, classnames, settings)
 
 
 def epoch_seed(seed, epoch):

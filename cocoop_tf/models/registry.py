@@ -1,0 +1,55 @@
+"""The registry of methods: every command, config, checkpoint and export reads it.
+
+A method is a `CLIPClassifier` subclass registered with `@register_method`;
+its class attributes say what the rest of the library needs to know (its
+command-line name `method`, `display_name`, whether it `learns`, the
+`RunConfig` settings it takes). Adding a method is one model file and its
+registration; see the contributors' section of the README.
+"""
+
+METHODS = {}
+
+
+def register_method(cls):
+    """Class decorator: makes a classifier a method of every command.
+
+    Args:
+        cls: a `CLIPClassifier` subclass with `method` and `display_name`
+            set. It is also registered as a Keras serializable.
+
+    Returns:
+        `cls`.
+    """
+    import keras
+
+    if not cls.method or not cls.display_name:
+        raise ValueError(f"{cls.__name__} needs the class attributes `method` and `display_name`.")
+    registered = METHODS.get(cls.method)
+    if registered is not None and registered.__qualname__ != cls.__qualname__:
+        raise ValueError(f"The method name {cls.method!r} is taken by {registered.__name__}.")
+    METHODS[cls.method] = keras.saving.register_keras_serializable(package="cocoop_tf")(cls)
+    return cls
+
+
+def get_method(name):
+    """The registered classifier class of a method name ("coop") or class name ("CoOp").
+
+    Raises:
+        ValueError: naming the registered methods.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    for cls in METHODS.values():
+        if name == cls.__name__:
+            return cls
+    raise ValueError(f"Unknown method {name!r}; the methods are {', '.join(METHODS)}.")
+
+
+def method_names(learns=None):
+    """Registered method names in registration order.
+
+    Args:
+        learns: True for the methods that train, False for those that do
+            not (zero-shot CLIP), None for all.
+    """
+    return [name for name, cls in METHODS.items() if learns is None or cls.learns == learns]
