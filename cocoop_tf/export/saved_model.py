@@ -29,7 +29,8 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
     `assets.extra/cocoop_tf.json` records the input contract for clients.
 
     Args:
-        model: a trained `CoCoOp`, `CoOp` or single-template `ZeroShotCLIP`.
+        model: a trained classifier of a registered method (`CoCoOp`, `CoOp`,
+            a single-template `ZeroShotCLIP`, ...).
         export_dir: the model's base folder (TF Serving's `base_path`).
         version: positive integer version; TF Serving serves the highest.
         overwrite: replace an existing export of this version.

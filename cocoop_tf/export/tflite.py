@@ -25,7 +25,8 @@ def export_tflite(model, path, quantize=None, overwrite=False):
     "gather index out of bounds" (TFLite has no assertion messages).
 
     Args:
-        model: a trained `CoCoOp`, `CoOp` or single-template `ZeroShotCLIP`.
+        model: a trained classifier of a registered method (`CoCoOp`, `CoOp`,
+            a single-template `ZeroShotCLIP`, ...).
         path: the `.tflite` file to write.
         quantize: None for float32; `"dynamic"` for dynamic-range
             quantisation (int8 weights, about 4x smaller); `"float16"` for

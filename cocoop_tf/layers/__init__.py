@@ -1,5 +1,6 @@
 """Keras layers of cocoop-tf; each drops into any Keras model."""
 
+from cocoop_tf.layers.clip_image_encoder import CLIPImageEncoder
 from cocoop_tf.layers.image_normalization import CLIPImageNormalization
 from cocoop_tf.layers.meta_net import MetaNet
 from cocoop_tf.layers.prompt_learner import PromptLearner

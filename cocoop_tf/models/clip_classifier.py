@@ -10,7 +10,7 @@ from keras import ops
 from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.tokenizer import decode
-from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.layers.clip_image_encoder import CLIPImageEncoder
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
 from cocoop_tf.models.prompt_file import backbone_widths
 from cocoop_tf.models.prompt_file import read_prompt
@@ -90,9 +90,7 @@ class CLIPClassifier(keras.Model):
         kwargs.setdefault("dtype", clip.dtype_policy)
         super().__init__(**kwargs)
         self.clip = clip
-        self.image_normalization = CLIPImageNormalization(
-            clip.vision_encoder.image_shape[0], dtype=clip.dtype_policy, name="image_normalization"
-        )
+        self.image_encoder = CLIPImageEncoder(clip, name="image_encoder")
         self.prompt_text_encoder = PromptTextEncoder(
             clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
         )
@@ -215,8 +213,7 @@ class CLIPClassifier(keras.Model):
 
     def encode_images(self, images):
         """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
-        images = self.image_normalization(images)
-        return l2_normalize(self.clip.get_vision_embeddings(images))
+        return self.image_encoder(images)
 
     def logit_scale(self, dtype):
         """CLIP's learned temperature, `exp(logit_scale)` (about 100)."""

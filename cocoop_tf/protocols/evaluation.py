@@ -21,7 +21,7 @@ def predict_split(model, dataset, split, batch_size, image_size):
     The model's class set must be `dataset.classnames` (see `set_classnames`).
 
     Args:
-        model: a `ZeroShotCLIP`, `CoOp` or `CoCoOp`.
+        model: a classifier of any registered method.
         dataset: an `ImageDataset` view.
         split: "test" (or "val", "train").
         batch_size: images per batch.

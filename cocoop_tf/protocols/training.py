@@ -126,14 +126,14 @@ def train_prompt_model(
     training=None,
     log=print,
 ):
-    """Trains a CoOp/CoCoOp model with the paper's optimiser; the last epoch is kept.
+    """Trains a model of a method that learns with the paper's optimiser; the last epoch is kept.
 
     Each epoch gets its own data seed (`epoch_seed`), and the prompt and
     optimizer state are saved after every epoch, so `resume=True` continues
     an interrupted run from its last checkpoint to the same final weights.
 
     Args:
-        model: a `CoOp` or `CoCoOp`, built (and to be compiled) under the
+        model: a classifier that learns (`CoOp`, `CoCoOp`, ...), built (and to be compiled) under the
             distribution strategy's scope when there is one.
         dataset: the few-shot `ImageDataset` view to train on.
         config: a `RunConfig`.
