@@ -63,3 +63,24 @@ def test_a_reloaded_keras_model_evaluates_and_fits_without_compile(clip, tmp_pat
     model.fit(pixels, labels, batch_size=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(np.asarray(restored.prompt_learner.ctx), np.asarray(model.prompt_learner.ctx),
                                rtol=1e-5, atol=1e-6)  # the optimizer state came back too
+
+
+def test_a_graph_of_our_layers_on_one_backbone_saves_and_loads(clip, tmp_path):
+    """CLIPImageEncoder and PromptTextEncoder share the backbone's towers; the file holds them once."""
+    from cocoop_tf.layers import CLIPImageEncoder
+    from cocoop_tf.layers import MetaNet
+    from cocoop_tf.layers import PromptLearner
+    from cocoop_tf.layers import PromptTextEncoder
+
+    width = clip.text_encoder.embedding_dim
+    images = keras.Input((32, 32, 3))
+    class_ids = keras.Input((None, 77), dtype="int32")
+    features = CLIPImageEncoder(clip.vision_encoder, clip.vision_pooler, clip.vision_projection)(images)
+    context = PromptLearner(4, width)(MetaNet(width, reduction=4)(features))
+    text = keras.layers.UnitNormalization()(PromptTextEncoder(clip.text_encoder, clip.text_projection)(context, class_ids[0]))
+    graph = keras.Model([images, class_ids], keras.ops.einsum("bd,bcd->bc", features, text))
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    ids = np.broadcast_to(cocoop_tf.tokenize_classnames(NAMES), (2, 3, 77))
+    graph.save(tmp_path / "graph.keras")
+    restored = keras.saving.load_model(tmp_path / "graph.keras")
+    np.testing.assert_array_equal(restored.predict([pixels, ids], verbose=0), graph.predict([pixels, ids], verbose=0))

@@ -10,33 +10,40 @@ from cocoop_tf.layers.image_normalization import CLIPImageNormalization
 class CLIPImageEncoder(keras.layers.Layer):
     """Normalised CLIP image features `[B, projection_dim]` of RGB images 0..255.
 
-    CLIP's mean/std normalisation (`CLIPImageNormalization`, which also
-    checks the image size), the backbone's vision transformer, its pooling
-    of the class token and its projection, then L2 normalisation: what every
-    classifier here compares with class features. Every weight belongs to
-    the (frozen) backbone.
+    `clip.get_vision_embeddings` as one layer, with this library's pixel
+    convention: CLIP's mean/std normalisation (`CLIPImageNormalization`,
+    which also checks the image size), the backbone's vision transformer,
+    its pooling of the class token and its projection, then L2
+    normalisation: what every classifier here compares with class features.
+    Every weight belongs to the (frozen) backbone.
 
     Args:
-        clip: a `keras_hub.models.CLIPBackbone` (see `cocoop_tf.load_clip`);
-            the layer uses its `vision_encoder`, `vision_pooler` and
-            `vision_projection`.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        vision_encoder: the backbone's `vision_encoder` (keras-hub
+            CLIPVisionEncoder).
+        vision_pooler: the backbone's `vision_pooler`.
+        vision_projection: the backbone's `vision_projection` Dense layer.
+        **kwargs: standard `keras.layers.Layer` arguments; the dtype policy
+            defaults to the vision tower's.
 
     Example:
     ```python
     clip = cocoop_tf.load_clip("random_tiny")
-    encoder = cocoop_tf.layers.CLIPImageEncoder(clip)
+    encoder = cocoop_tf.layers.CLIPImageEncoder(
+        clip.vision_encoder, clip.vision_pooler, clip.vision_projection
+    )
     features = encoder(np.zeros((2, 32, 32, 3), "float32"))  # [2, 32], unit norm
     images = keras.Input((32, 32, 3))
     head = keras.Model(images, keras.layers.Dense(10)(encoder(images)))  # a linear probe
     ```
     """
 
-    def __init__(self, clip, **kwargs):
-        kwargs.setdefault("dtype", clip.dtype_policy)
+    def __init__(self, vision_encoder, vision_pooler, vision_projection, **kwargs):
+        kwargs.setdefault("dtype", vision_encoder.dtype_policy)
         super().__init__(**kwargs)
-        self.clip = clip
-        self.image_size = clip.vision_encoder.image_shape[0]
+        self.vision_encoder = vision_encoder
+        self.vision_pooler = vision_pooler
+        self.vision_projection = vision_projection
+        self.image_size = vision_encoder.image_shape[0]
         self.normalization = CLIPImageNormalization(self.image_size, dtype=self.dtype_policy, name="normalization")
 
     def build(self, input_shape):
@@ -44,21 +51,32 @@ class CLIPImageEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, images):
-        features = self.clip.get_vision_embeddings(self.normalization(images))
+        features = self.vision_encoder({"images": self.normalization(images)})
+        features = self.vision_projection(self.vision_pooler(features))
         return features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.clip.projection_dim)
+        self.normalization.compute_output_shape(input_shape)  # checks the image size
+        return (input_shape[0], self.vision_projection.units)
 
     def get_config(self):
         config = super().get_config()
-        # The backbone itself: Keras serialises it once when other layers hold it too.
-        config["clip"] = self.clip
+        # The layers themselves, not serialised copies (as PromptTextEncoder):
+        # Keras marks them as shared when other layers of a saved model hold
+        # them too, so that the file holds their weights once.
+        config.update(
+            {
+                "vision_encoder": self.vision_encoder,
+                "vision_pooler": self.vision_pooler,
+                "vision_projection": self.vision_projection,
+            }
+        )
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if isinstance(config["clip"], dict):
-            config["clip"] = keras.layers.deserialize(config["clip"])
-        return cls(**config)
+        for key in ("vision_encoder", "vision_pooler", "vision_projection"):
+            if isinstance(config[key], dict):
+                config[key] = keras.layers.deserialize(config[key])
+        return super().from_config(config)

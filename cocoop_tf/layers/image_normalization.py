@@ -20,6 +20,25 @@ class CLIPImageNormalization(keras.layers.Layer):
         image_size: int. The backbone's input resolution; other sizes are
             rejected with an error that says how to fix them.
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        images: `[batch, image_size, image_size, 3]` RGB pixel values 0..255,
+            float or integer.
+
+    Returns:
+        The normalised images, same shape, in the layer's compute dtype.
+
+    Example:
+
+    ```python
+    normalization = cocoop_tf.layers.CLIPImageNormalization(image_size=32)
+    images = np.random.uniform(0, 255, size=(2, 32, 32, 3)).astype("uint8")
+    normalization(images).shape  # (2, 32, 32, 3), float32
+
+    # In a functional model.
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, normalization(inputs))
+    ```
     """
 
     def __init__(self, image_size, **kwargs):
@@ -34,6 +53,8 @@ class CLIPImageNormalization(keras.layers.Layer):
         return (images / 255.0 - mean) / std
 
     def compute_output_shape(self, input_shape):
+        # Symbolic calls skip `call`: check the shape here too.
+        check_image_shape(input_shape, self.image_size)
         return tuple(input_shape)
 
     def get_config(self):

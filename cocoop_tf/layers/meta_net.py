@@ -15,6 +15,27 @@ class MetaNet(keras.layers.Layer):
         reduction: int. The hidden layer has `vis_dim // reduction` units
             (16 in the paper: 512 -> 32 -> 512 for ViT-B/16).
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        image_features: `[..., vis_dim]` image features.
+
+    Returns:
+        `pi`, `[..., output_dim]`.
+
+    Example:
+
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    meta_net = cocoop_tf.layers.MetaNet(
+        clip.text_encoder.embedding_dim, reduction=4
+    )
+    features = np.random.normal(size=(2, clip.projection_dim)).astype("float32")
+    meta_net(features).shape  # (2, 64): 32 -> 8 -> 64
+
+    # In a functional model.
+    inputs = keras.Input((clip.projection_dim,))
+    model = keras.Model(inputs, meta_net(inputs))
+    ```
     """
 
     def __init__(self, output_dim, reduction=16, **kwargs):

@@ -22,6 +22,28 @@ class PromptLearner(keras.layers.Layer):
         ctx_dim: int. Width D of the text encoder's token embeddings.
         num_classes: int or None. If given, each class has its own context.
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        bias: optional `[B, D]` per-image bias (a shared context only).
+
+    Returns:
+        `[1, M, D]`, `[1, C, M, D]` (class-specific) or, with a bias,
+        `[B, M, D]`.
+
+    Example:
+
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    width = clip.text_encoder.embedding_dim
+    prompt_learner = cocoop_tf.layers.PromptLearner(n_ctx=4, ctx_dim=width)
+    prompt_learner().shape  # (1, 4, 64): CoOp's shared context
+
+    # CoCoOp: the Meta-Net's bias per image, in a functional model.
+    features = keras.Input((clip.projection_dim,))
+    bias = cocoop_tf.layers.MetaNet(width, reduction=4)(features)
+    model = keras.Model(features, prompt_learner(bias))  # [None, 4, 64]
+    model(np.zeros((2, clip.projection_dim), "float32")).shape  # (2, 4, 64)
+    ```
     """
 
     def __init__(self, n_ctx, ctx_dim, num_classes=None, **kwargs):
@@ -51,6 +73,19 @@ class PromptLearner(keras.layers.Layer):
         if self.num_classes is not None:
             raise ValueError("A per-image bias needs a shared (not class-specific) context.")
         return ctx + ops.cast(bias, self.compute_dtype)[:, None, :]
+
+    def compute_output_shape(self, bias_shape=None):
+        ctx_shape = (1, *self.ctx.shape)
+        if bias_shape is None:
+            return ctx_shape
+        if self.num_classes is not None:
+            raise ValueError("A per-image bias needs a shared (not class-specific) context.")
+        if len(bias_shape) != 2 or bias_shape[-1] not in (None, self.ctx_dim):
+            raise ValueError(
+                f"Expected a bias of shape [batch, {self.ctx_dim}] (one per image), "
+                f"got shape {tuple(bias_shape)}."
+            )
+        return (bias_shape[0], *ctx_shape[1:])
 
     def get_config(self):
         config = super().get_config()

@@ -54,7 +54,30 @@ class PromptTextEncoder(keras.layers.Layer):
         mode: `"efficient"` or `"reference"`.
         class_chunk_size: classes per chunk in the efficient path; None picks
             it so a chunk holds about 65 536 token rows for the batch.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; give the
+            backbone's `dtype` (its `dtype_policy`), as its layers compute
+            in theirs.
+
+    Example:
+
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    encoder = cocoop_tf.layers.PromptTextEncoder(
+        clip.text_encoder, clip.text_projection
+    )
+    token_ids = cocoop_tf.tokenize_classnames(["cat", "dog", "red car"], n_ctx=4)
+    # Two groups (images) of 4 context vectors as wide as the token embeddings.
+    width = clip.text_encoder.embedding_dim  # 64
+    context = np.random.normal(0, 0.02, size=(2, 4, width)).astype("float32")
+    encoder(context, token_ids).shape  # (2, 3, 32): projection_dim 32
+
+    # In a functional model, with this class set fixed...
+    context = keras.Input((4, width))
+    model = keras.Model(context, encoder(context, token_ids))  # [None, 3, 32]
+    # ...or with the class set as an input.
+    ids = keras.Input((77,), dtype="int32")
+    model = keras.Model([context, ids], encoder(context, ids))  # [None, None, 32]
+    ```
     """
 
     def __init__(self, text_encoder, text_projection, mode="efficient", class_chunk_size=None, **kwargs):
@@ -96,6 +119,19 @@ class PromptTextEncoder(keras.layers.Layer):
         if np.any(order != np.arange(len(order))):
             features = ops.take(features, np.argsort(order), axis=1)
         return features
+
+    def compute_output_shape(self, context_shape, class_token_ids_shape=None):
+        if len(context_shape) not in (3, 4):
+            raise ValueError(
+                "Expected a context of shape [groups, n_ctx, width] or [groups, "
+                f"classes, n_ctx, width], got shape {tuple(context_shape)}."
+            )
+        num_classes = None
+        if class_token_ids_shape is not None:
+            num_classes = class_token_ids_shape[0]
+        if num_classes is None and len(context_shape) == 4:
+            num_classes = context_shape[1]  # a context per class: as many classes as it has
+        return (context_shape[0], num_classes, self.text_projection.units)
 
     def _encode_in_chunks(self, context, token_ids):
         """A run-time class set in a loop over chunks of classes, so memory is bounded for any C.
@@ -206,10 +242,14 @@ class PromptTextEncoder(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        # The layers themselves, not serialised copies: Keras serialises them
+        # and marks them as shared when another layer's config holds them
+        # too (two encoders on one text tower), so that loading restores one
+        # tower; with copies the second finds no weights in the file.
         config.update(
             {
-                "text_encoder": keras.layers.serialize(self.text_encoder),
-                "text_projection": keras.layers.serialize(self.text_projection),
+                "text_encoder": self.text_encoder,
+                "text_projection": self.text_projection,
                 "mode": self.mode,
                 "class_chunk_size": self.class_chunk_size,
             }
@@ -220,8 +260,9 @@ class PromptTextEncoder(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         for key in ("text_encoder", "text_projection"):
-            config[key] = keras.layers.deserialize(config[key])
-        return cls(**config)
+            if isinstance(config[key], dict):
+                config[key] = keras.layers.deserialize(config[key])
+        return super().from_config(config)
 
 
 def _fixed_value(token_ids):

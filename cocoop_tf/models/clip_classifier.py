@@ -1,7 +1,5 @@
 """The base of every classifier here: a frozen CLIP, a class set, images in 0..255."""
 
-import warnings
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -12,7 +10,7 @@ from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.tokenizer import decode
 from cocoop_tf.layers.clip_image_encoder import CLIPImageEncoder
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
-from cocoop_tf.models.prompt_file import backbone_widths
+from cocoop_tf.models.prompt_file import load_prompt
 from cocoop_tf.models.prompt_file import read_prompt
 from cocoop_tf.models.prompt_file import write_prompt
 from cocoop_tf.training.batch_guard import PROBLEMS
@@ -24,11 +22,6 @@ from cocoop_tf.training.batch_guard import in_range
 def l2_normalize(x):
     """Scales the last axis to unit Euclidean norm."""
     return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-
-
-# Learned weights sit near token embeddings (about 0.01-1); anything this
-# large only comes from a damaged file or a diverged run.
-MAX_PROMPT_VALUE = 1e6
 
 
 class CLIPClassifier(keras.Model):
@@ -90,7 +83,10 @@ class CLIPClassifier(keras.Model):
         kwargs.setdefault("dtype", clip.dtype_policy)
         super().__init__(**kwargs)
         self.clip = clip
-        self.image_encoder = CLIPImageEncoder(clip, name="image_encoder")
+        self.image_encoder = CLIPImageEncoder(
+            clip.vision_encoder, clip.vision_pooler, clip.vision_projection, dtype=clip.dtype_policy,
+            name="image_encoder",
+        )
         self.prompt_text_encoder = PromptTextEncoder(
             clip.text_encoder, clip.text_projection, dtype=clip.dtype_policy, name="prompt_text_encoder"
         )
@@ -210,6 +206,10 @@ class CLIPClassifier(keras.Model):
         if token_ids is not None:
             return self.classify(images, token_ids)
         return self.classify(images, self.token_ids)
+
+    def compute_output_shape(self, images_shape, token_ids_shape=None):
+        classes = len(self.classnames) if token_ids_shape is None else token_ids_shape[0]
+        return (images_shape[0], classes)
 
     def encode_images(self, images):
         """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
@@ -335,57 +335,7 @@ class CLIPClassifier(keras.Model):
             ValueError: the file was made for another method, weight shapes
                 or backbone width, or (without `force`) another backbone.
         """
-        tensors, metadata = read_prompt(path)
-        if metadata["method"] != type(self).__name__:
-            raise ValueError(
-                f"Prompt checkpoint {str(path)!r} does not fit this model: it holds a "
-                f"{metadata['method']} prompt, this model is a {type(self).__name__}."
-            )
-        mine = backbone_widths(self.clip)
-        for key, value in mine.items():
-            if metadata["backbone_widths"].get(key) != value:
-                raise ValueError(
-                    f"Prompt checkpoint {str(path)!r} does not fit this model: its "
-                    f"{key} is {metadata['backbone_widths'].get(key)} but this model's is {value}. "
-                    "Load it into a model built the same way, on a backbone of the "
-                    "same widths."
-                )
-        trained_on = metadata.get("backbone")
-        if trained_on != self.backbone_fingerprint:
-            problem = (
-                f"Prompt checkpoint {str(path)!r} was trained on another backbone (weights "
-                f"fingerprint {trained_on}; this backbone's is {self.backbone_fingerprint}), and its "
-                "context means nothing on other weights"
-                if trained_on else
-                f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on"
-            )
-            if not force:
-                raise ValueError(
-                    f"{problem}. Load the backbone it was trained on, or pass force=True "
-                    "(--force on the command line) to load it anyway."
-                )
-            warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=2)
-        variables = {v.path: v for v in self.trainable_weights}
-        if set(variables) != set(tensors):
-            raise ValueError(
-                f"Prompt checkpoint {str(path)!r} holds {sorted(tensors)}, this model "
-                f"learns {sorted(variables)}."
-            )
-        for name, value in tensors.items():
-            if not np.isfinite(value).all() or np.abs(value).max(initial=0) > MAX_PROMPT_VALUE:
-                raise ValueError(
-                    f"Prompt checkpoint {str(path)!r}: {name} holds NaN, infinite or absurd values "
-                    f"(largest magnitude {np.nanmax(np.abs(value), initial=0):g}; training leaves "
-                    f"them far below {MAX_PROMPT_VALUE:g}). The file is damaged or came from a run "
-                    "that diverged; use an earlier epoch's checkpoint or train again."
-                )
-        for name, value in tensors.items():
-            if tuple(value.shape) != tuple(variables[name].shape):
-                raise ValueError(
-                    f"Prompt checkpoint {str(path)!r}: {name} has shape {value.shape}, "
-                    f"this model needs {tuple(variables[name].shape)}."
-                )
-            variables[name].assign(value)
+        load_prompt(self, path, force)
 
     @classmethod
     def from_prompt(cls, clip, path, classnames=None, force=False, **kwargs):

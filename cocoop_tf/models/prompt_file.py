@@ -14,6 +14,9 @@ Files of format `cocoop_tf.prompt/1` (one string per setting) are still read.
 """
 
 import json
+import warnings
+
+import numpy as np
 
 from cocoop_tf.files import save_safetensors
 from cocoop_tf.models.registry import METHODS
@@ -21,6 +24,9 @@ from cocoop_tf.models.registry import get_method
 
 PROMPT_FORMAT = "cocoop_tf.prompt/2"
 _FORMAT_1 = "cocoop_tf.prompt/1"
+# Learned weights sit near token embeddings (about 0.01-1); anything this
+# large only comes from a damaged file or a diverged run.
+MAX_PROMPT_VALUE = 1e6
 _REQUIRED_1 = ("method", "n_ctx", "ctx_dim", "vis_dim", "class_specific", "ctx_init", "classnames")
 # Keys of `keras.Model.get_config` that describe the Keras object, not the method.
 _KERAS_KEYS = ("clip", "name", "trainable", "dtype")
@@ -33,8 +39,6 @@ def backbone_widths(clip):
 
 def write_prompt(path, model, backbone, training=None):
     """Writes `model`'s trainable weights and config (see the module docstring)."""
-    import numpy as np
-
     config = {k: v for k, v in model.get_config().items() if k not in _KERAS_KEYS}
     metadata = {
         "format": PROMPT_FORMAT,
@@ -46,6 +50,61 @@ def write_prompt(path, model, backbone, training=None):
     if training is not None:
         metadata["training"] = json.dumps(training)
     save_safetensors(path, {v.path: np.asarray(v) for v in model.trainable_weights}, metadata=metadata)
+
+
+def load_prompt(model, path, force=False):
+    """Loads a prompt file into `model`, after checking that it fits (see `CLIPClassifier.load_prompt`)."""
+    tensors, metadata = read_prompt(path)
+    if metadata["method"] != type(model).__name__:
+        raise ValueError(
+            f"Prompt checkpoint {str(path)!r} does not fit this model: it holds a "
+            f"{metadata['method']} prompt, this model is a {type(model).__name__}."
+        )
+    mine = backbone_widths(model.clip)
+    for key, value in mine.items():
+        if metadata["backbone_widths"].get(key) != value:
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r} does not fit this model: its "
+                f"{key} is {metadata['backbone_widths'].get(key)} but this model's is {value}. "
+                "Load it into a model built the same way, on a backbone of the "
+                "same widths."
+            )
+    trained_on = metadata.get("backbone")
+    if trained_on != model.backbone_fingerprint:
+        problem = (
+            f"Prompt checkpoint {str(path)!r} was trained on another backbone (weights "
+            f"fingerprint {trained_on}; this backbone's is {model.backbone_fingerprint}), and its "
+            "context means nothing on other weights"
+            if trained_on else
+            f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on"
+        )
+        if not force:
+            raise ValueError(
+                f"{problem}. Load the backbone it was trained on, or pass force=True "
+                "(--force on the command line) to load it anyway."
+            )
+        warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=3)
+    variables = {v.path: v for v in model.trainable_weights}
+    if set(variables) != set(tensors):
+        raise ValueError(
+            f"Prompt checkpoint {str(path)!r} holds {sorted(tensors)}, this model "
+            f"learns {sorted(variables)}."
+        )
+    for name, value in tensors.items():
+        if not np.isfinite(value).all() or np.abs(value).max(initial=0) > MAX_PROMPT_VALUE:
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r}: {name} holds NaN, infinite or absurd values "
+                f"(largest magnitude {np.nanmax(np.abs(value), initial=0):g}; training leaves "
+                f"them far below {MAX_PROMPT_VALUE:g}). The file is damaged or came from a run "
+                "that diverged; use an earlier epoch's checkpoint or train again."
+            )
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(variables[name].shape):
+            raise ValueError(
+                f"Prompt checkpoint {str(path)!r}: {name} has shape {value.shape}, "
+                f"this model needs {tuple(variables[name].shape)}."
+            )
+        variables[name].assign(value)
 
 
 def read_prompt(path):
