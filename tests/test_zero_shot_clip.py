@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 from conftest import max_relative_difference
