@@ -8,6 +8,8 @@ import keras
 import keras_hub
 import numpy as np
 
+from cocoop_tf.clip.tokenizer import encode
+
 # OpenAI CLIP's image normalisation, applied to pixels scaled to 0..1.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -250,3 +252,16 @@ def fingerprint(backbone):
         digest.update(str(value.shape).encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def word_embeddings(backbone, text):
+    """The text tower's token embeddings of `text`'s tokens, `[num_tokens, embedding_dim]`.
+
+    No start or end token: these are what a prompt's context starts from
+    (`PromptLearner.set_context`), e.g. the 4 tokens of "a photo of a".
+
+    Args:
+        backbone: a `keras_hub.models.CLIPBackbone`.
+        text: words, tokenised as CLIP tokenises them.
+    """
+    return backbone.text_encoder.embedding.token_embedding(np.array(encode(text), "int32"))

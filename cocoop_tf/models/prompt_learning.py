@@ -2,11 +2,9 @@
 
 import warnings
 
-import numpy as np
-
+from cocoop_tf.clip.backbone import word_embeddings
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.clip.prompts import tokenize_classnames
-from cocoop_tf.clip.tokenizer import encode
 from cocoop_tf.layers.prompt_learner import PromptLearner
 from cocoop_tf.models.clip_classifier import CLIPClassifier
 
@@ -52,14 +50,13 @@ class PromptLearningModel(CLIPClassifier):
             name="prompt_learner",
         )
         if ctx_init:
-            ids = encode(ctx_init)
-            if len(ids) != n_ctx:
+            embedded = word_embeddings(clip, ctx_init)
+            if len(embedded) != n_ctx:
                 warnings.warn(
-                    f"ctx_init {ctx_init!r} is {len(ids)} tokens for {n_ctx} words; "
+                    f"ctx_init {ctx_init!r} is {len(embedded)} tokens for {n_ctx} words; "
                     f"the context starts as the first {n_ctx} token embeddings."
                 )
-            embedded = clip.text_encoder.embedding.token_embedding(np.array(ids[:n_ctx]))
-            self.prompt_learner.set_context(embedded)
+            self.prompt_learner.set_context(embedded[:n_ctx])
 
     # --- classes ---------------------------------------------------------------
 
