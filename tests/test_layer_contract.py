@@ -172,7 +172,9 @@ def test_text_tower_shared_by_two_encoders_is_saved_and_loaded_once(saved_and_lo
     assert os.path.getsize(folder / "shared_text_tower.keras") < 1.1 * single
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.__name__)
+@pytest.mark.parametrize(
+    "layer", [*LAYERS, cocoop_tf.ZeroShotCLIP, cocoop_tf.CoOp, cocoop_tf.CoCoOp], ids=lambda layer: layer.__name__
+)
 def test_docstring_example_runs(layer):
     blocks = re.findall(r"```python\n(.*?)```", inspect.getdoc(layer), re.DOTALL)
     assert blocks, f"{layer.__name__} has no Example block"
