@@ -34,7 +34,8 @@ class CLIPClassifier(keras.Model):
       `[C, L]` (the export's `token_ids` input);
     - `classify(images, token_ids)`: logits `[B, C]` for 0..255 images
       `[B, S, S, 3]` and any class set's ids; the model's `call(images)` is
-      `classify` on its own class set;
+      `classify` on its own class set, and `call(images, token_ids=ids)`
+      is `classify` (a class set that is an input of a functional graph);
     - `class_features(token_ids)`: normalised class features `[C, D]`, for
       methods whose class features do not depend on the image
       (`image_conditional = False`), so that they can be cached and served
@@ -44,8 +45,9 @@ class CLIPClassifier(keras.Model):
     every command (`--methods`), of prompt files and of export.
 
     `compile()` defaults to the paper's loss (cross-entropy on the logits)
-    and an accuracy metric; a model loaded from a `.keras` file comes back
-    compiled that way. Training and evaluation stop with an error on a
+    and an accuracy metric; a compiled model saved to a `.keras` file loads
+    back compiled. The model and its layers compute in the backbone's dtype
+    policy. Training and evaluation stop with an error on a
     batch with NaN or infinite pixels or labels outside the class set (and
     training on a non-finite loss), and undo it: in eager, graph and XLA
     modes alike; `predict` refuses non-finite results.
