@@ -7,6 +7,8 @@ command-line name `method`, `display_name`, whether it `learns`, the
 registration; see the contributors' section of the README.
 """
 
+import keras
+
 METHODS = {}
 
 
@@ -20,8 +22,6 @@ def register_method(cls):
     Returns:
         `cls`.
     """
-    import keras
-
     if not cls.method or not cls.display_name:
         raise ValueError(f"{cls.__name__} needs the class attributes `method` and `display_name`.")
     registered = METHODS.get(cls.method)

@@ -270,7 +270,7 @@ def evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_
         run["trained"] = dict(plan.prompts)[prompt].get("training")
         run["seed"] = (run["trained"] or {}).get("seed")
     for key, view in plan.views:
-        if model is None or not get_method(method).learns:
+        if not get_method(method).learns:  # zero-shot: built on each test set's classes and templates
             with strategy.scope():
                 model = build_model(method, clip, view.classnames, config, view.template)
         else:
