@@ -17,9 +17,13 @@ from cocoop_tf.clip.tokenizer import SOT_TOKEN_ID
 from cocoop_tf.demo import images as demo_images
 from cocoop_tf.demo import pretrain
 from cocoop_tf.demo import weights
+from cocoop_tf.demo.captions import TEMPLATE_EFFECTS
 from cocoop_tf.demo.captions import caption_table
 from cocoop_tf.demo.captions import used_token_ids
-from cocoop_tf.demo.rendering import COLOUR_WORDS
+from cocoop_tf.demo.rendering import EFFECTS
+from cocoop_tf.demo.rendering import FADED
+from cocoop_tf.demo.rendering import GREY_BACKGROUND
+from cocoop_tf.demo.rendering import NO_EFFECT
 
 TINY = dataclasses.replace(
     pretrain.MINI_CLIP_ARCHITECTURE, vision_width=32, vision_layers=1, vision_heads=1,
@@ -79,24 +83,28 @@ def test_compact_file_round_trip(tmp_path):
 
 def test_positives_follow_the_captions():
     pool = demo_images.load_part("pretrain")
-    sampler = pretrain.BatchSampler(pool, caption_table(pool.classnames), seed=0)
-    images, token_ids, positives = sampler.sample(64)
-    assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
+    table = caption_table(pool.classnames)
+    sampler = pretrain.BatchSampler(pool, table, seed=0)
+    images, token_ids, positives = sampler.sample(96)
+    assert images.shape == (96, 32, 32, 3) and images.dtype == np.uint8
     assert np.all(np.diag(positives) == 1)
-    from cocoop_tf.clip.tokenizer import decode
-
-    captions = [decode(ids) for ids in token_ids]
-    named = [next((w for w in COLOUR_WORDS if f" {w} " in f" {c} "), None) for c in captions]
-    classes = [next(n for n in sorted(pool.classnames, key=len, reverse=True) if n in c) for c in captions]
-    for i in range(64):
-        for j in range(64):
-            if classes[i] != classes[j]:
-                assert positives[i, j] == 0
-            elif named[i] is None:
-                assert positives[i, j] == 1
-    # A caption that names a colour does not describe an image of another colour.
-    assert any(named[i] and classes[i] == classes[j] and positives[i, j] == 0
-               for i in range(64) for j in range(64))
+    # Which (template, class, colour mention) each caption is.
+    rows = table.reshape(-1, table.shape[-1])
+    where = [np.unravel_index(np.flatnonzero((rows == ids).all(axis=1))[0], table.shape[:3]) for ids in token_ids]
+    template, label, colour = (np.array(x) for x in zip(*where))
+    effect = np.array(TEMPLATE_EFFECTS)[template]
+    same_class = label[:, None] == label[None, :]
+    assert not positives[~same_class].any()
+    # Every caption names its picture's effect, or none: a caption that does not name a
+    # colour describes exactly the pictures of its class and effect.
+    same_effect = effect[:, None] == effect[None, :]
+    np.testing.assert_array_equal(positives[colour == 0], (same_class & same_effect)[colour == 0])
+    named = colour > 0
+    assert (positives[named] < (same_class & same_effect)[named]).any()
+    assert set(effect) == {NO_EFFECT, *range(len(EFFECTS))}
+    # Captions tell the truth about their picture: faded ink is dim, a grey background is not black.
+    assert images[effect == FADED].max() <= 154 and (effect == FADED).any()
+    assert images[effect == GREY_BACKGROUND].min(axis=(1, 2, 3)).min() >= 12
 
 
 def test_contrastive_loss_matches_its_definition(rng):

@@ -7,9 +7,9 @@ the real 49 408-token BPE vocabulary and tokenizer) from random weights with
 CLIP's objective: symmetric cross-entropy over the image-text similarities of
 a batch, scaled by a learned temperature. Images come from the pretraining
 pool of `cocoop_tf.demo.images` (never from the held-out pool), drawn in a
-random ink colour on black (see `rendering.py`), each with a caption from
-varied templates that names its class and, half of the time, its colour
-(see `captions.py`). At the end the zero-shot accuracy with
+random ink colour on black, half of them with one photographic effect (see
+`rendering.py`), each with a caption from varied templates that names its
+class and, some of the time, its colour and its effect (see `captions.py`). At the end the zero-shot accuracy with
 "a photo of a {}." on held-out images of the same distribution is printed, and the weights are written as
 `DIR/mini_clip.safetensors` (see `cocoop_tf.demo.weights`) with a JSON
 report beside them.
@@ -31,10 +31,13 @@ from cocoop_tf.clip.backbone import CLIPArchitecture
 from cocoop_tf.clip.backbone import random_backbone
 from cocoop_tf.demo import images as demo_images
 from cocoop_tf.demo.captions import CAPTION_TEMPLATES
+from cocoop_tf.demo.captions import TEMPLATE_EFFECTS
 from cocoop_tf.demo.captions import ZERO_SHOT_TEMPLATE
 from cocoop_tf.demo.captions import caption_table
 from cocoop_tf.demo.captions import used_token_ids
+from cocoop_tf.demo.rendering import EFFECTS
 from cocoop_tf.demo.rendering import IMAGE_SIZE
+from cocoop_tf.demo.rendering import NO_EFFECT
 from cocoop_tf.demo.rendering import random_crops
 from cocoop_tf.demo.rendering import random_styles
 from cocoop_tf.demo.rendering import render
@@ -60,12 +63,24 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 0.1
 WARMUP_FRACTION = 0.05
-# CLIP starts its temperature at 1 / 0.07 and caps the logit scale at 100.
+# CLIP starts its logit scale at 1 / 0.07 and learns it up to its cap, 100,
+# which the trained OpenAI models reach. Learned here, it settles far lower
+# (about 17), and prompt learning's recipe (SGD at lr 0.002) then barely
+# moves a prompt: the scale multiplies every gradient. So the scale is not
+# learned: it rises from CLIP's start to CLIP's cap over the first
+# `LOGIT_SCALE_RAMP` of the steps (geometrically) and stays there.
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
-MAX_LOGIT_SCALE = math.log(100.0)
+FINAL_LOGIT_SCALE = math.log(100.0)
+LOGIT_SCALE_RAMP = 0.25
 REPORT_FILE = "pretraining.json"
 # How often a caption names the ink colour of its image.
 COLOUR_MENTION_PROBABILITY = 0.5
+# How often a picture is drawn with one of `rendering.EFFECTS` (each equally
+# likely). Its caption always names the effect, and a plain caption only
+# describes pictures without one: "a photo of a cat." is a clean picture. So
+# the words before the class name carry what the picture looks like, and
+# matter to the text encoder.
+EFFECT_PROBABILITY = 0.5
 # How often a pretraining picture is a random resized crop (area 25-100%),
 # mirrored or not: prompt learning trains on such crops (the paper's
 # augmentation), and a CLIP that never saw any misreads them.
@@ -112,9 +127,11 @@ class BatchSampler:
 
     Each image's class is drawn uniformly (digits have fewer images than
     animals), then an image of that class, an ink colour and position
-    (`random_styles`), whether to crop and mirror it (`random_crops`, with
-    probability `CROP_PROBABILITY`), a caption template, and whether the
-    caption names the colour (with probability `COLOUR_MENTION_PROBABILITY`).
+    (`random_styles`), an effect (with probability `EFFECT_PROBABILITY`),
+    whether to crop and mirror it (`random_crops`, with probability
+    `CROP_PROBABILITY`), a caption template (among those of its effect, or
+    the plain ones if it has none), and whether the caption names the colour
+    (with probability `COLOUR_MENTION_PROBABILITY`).
 
     Args:
         source: the `SourceImages` to draw from.
@@ -129,6 +146,12 @@ class BatchSampler:
         self.members = [
             np.flatnonzero(source.labels == label) for label in range(len(source.classnames))
         ]
+        template_effects = np.asarray(TEMPLATE_EFFECTS)
+        if len(template_effects) != len(captions):
+            raise ValueError("The caption table must hold `CAPTION_TEMPLATES`, in order.")
+        self.template_effects = template_effects
+        # Templates by the effect they name; the plain ones last (index NO_EFFECT).
+        self.templates_of = [np.flatnonzero(template_effects == e) for e in (*range(len(EFFECTS)), NO_EFFECT)]
 
     def sample(self, batch_size):
         """One batch.
@@ -136,21 +159,27 @@ class BatchSampler:
         Returns:
             uint8 images `[B, 32, 32, 3]`, int32 caption token ids `[B, L]`,
             and float32 `positives[i, j]`: whether caption `i` describes
-            image `j` (same class, and the same colour if the caption names
-            one).
+            image `j` (same class, the same colour if the caption names one,
+            and the same effect, or none).
         """
         rng = self.rng
         labels = rng.integers(0, len(self.members), size=batch_size)
         chosen = np.array([rng.choice(self.members[label]) for label in labels])
         styles = random_styles(batch_size, rng)
-        images = render(self.source.images[chosen], styles)
+        effects = np.where(
+            rng.random(batch_size) < EFFECT_PROBABILITY,
+            rng.integers(0, len(EFFECTS), batch_size),
+            NO_EFFECT,
+        )
+        images = render(self.source.images[chosen], styles, effects, rng)
         cropped = rng.random(batch_size) < CROP_PROBABILITY
         images[cropped] = random_crops(images[cropped], rng)
+        templates = np.array([rng.choice(self.templates_of[effect]) for effect in effects])
         named = rng.random(batch_size) < COLOUR_MENTION_PROBABILITY
-        templates = rng.integers(0, len(self.captions), size=batch_size)
         token_ids = self.captions[templates, labels, np.where(named, styles.colour + 1, 0)]
         same_colour = styles.colour[:, None] == styles.colour[None, :]
-        positives = (labels[:, None] == labels[None, :]) & (~named[:, None] | same_colour)
+        same_effect = effects[:, None] == effects[None, :]
+        positives = (labels[:, None] == labels[None, :]) & (~named[:, None] | same_colour) & same_effect
         return images, token_ids, positives.astype(np.float32)
 
 
@@ -182,7 +211,8 @@ class ContrastiveTrainer:
         compact[self.token_ids] = np.arange(len(self.token_ids))
         self.compact_index = tf.constant(compact)
         self.normalization = CLIPImageNormalization(backbone.vision_encoder.image_shape[0])
-        self.variables = [v for v in backbone.trainable_variables if v.path != embedding.path]
+        fixed = {embedding.path, backbone.clip_head.logit_scale.path}
+        self.variables = [v for v in backbone.trainable_variables if v.path not in fixed]
         self.variables.append(self.rows)
         self.optimizer = optimizer
         optimizer.build(self.variables)
@@ -201,15 +231,13 @@ class ContrastiveTrainer:
         x = tf.gather(x, tf.argmax(token_ids, axis=-1), batch_dims=1)  # end token
         return self.backbone.text_projection(x)
 
-    def _train_step(self, images, token_ids, positives):
-        logit_scale = self.backbone.clip_head.logit_scale
+    def _train_step(self, images, token_ids, positives, logit_scale):
         with tf.GradientTape() as tape:
             image_features = self.backbone.get_vision_embeddings(self.normalization(images))
             text_features = self.text_features(token_ids)
-            loss = contrastive_loss(image_features, text_features, positives, logit_scale.value)
+            loss = contrastive_loss(image_features, text_features, positives, logit_scale)
         gradients = tape.gradient(loss, [v.value for v in self.variables])
         self.optimizer.apply_gradients(zip(gradients, self.variables))
-        logit_scale.assign(tf.minimum(logit_scale.value, MAX_LOGIT_SCALE))
         return loss
 
     def write_token_embedding(self):
@@ -217,6 +245,13 @@ class ContrastiveTrainer:
         table = keras.ops.convert_to_numpy(self.full_table)
         table[self.token_ids] = np.asarray(self.rows)
         self.full_table.assign(table)
+
+
+def logit_scale_at(step, steps):
+    """The (log) logit scale of a step: CLIP's start to CLIP's cap, then constant."""
+    ramp = max(1, round(LOGIT_SCALE_RAMP * steps))
+    progress = min(1.0, step / ramp)
+    return INITIAL_LOGIT_SCALE + progress * (FINAL_LOGIT_SCALE - INITIAL_LOGIT_SCALE)
 
 
 def learning_rate_schedule(steps, learning_rate):
@@ -237,7 +272,7 @@ def make_optimizer(steps, learning_rate):
         epsilon=1e-6,
     )
     optimizer.exclude_from_weight_decay(
-        var_names=["gamma", "beta", "bias", "embeddings", "class_embedding", "logit_scale"]
+        var_names=["gamma", "beta", "bias", "embeddings", "class_embedding"]
     )
     return optimizer
 
@@ -334,10 +369,8 @@ def pretrain(
     sampler = BatchSampler(pool, captions, seed)
 
     backbone = random_backbone(architecture, seed=seed)
-    backbone.clip_head.logit_scale.assign(INITIAL_LOGIT_SCALE)
     used = used_token_ids(captions)
     trainer = ContrastiveTrainer(backbone, used, make_optimizer(steps, learning_rate))
-    logit_scale = backbone.clip_head.logit_scale
 
     print(
         f"Pretraining a CLIP of {backbone.count_params():,} parameters on "
@@ -346,17 +379,19 @@ def pretrain(
     )
     losses = []
     for step in range(1, steps + 1):
-        loss = float(trainer.train_step(*sampler.sample(batch_size)))
+        scale = tf.constant(logit_scale_at(step, steps), tf.float32)
+        loss = float(trainer.train_step(*sampler.sample(batch_size), scale))
         losses.append(loss)
         if step % log_every == 0 or step == steps:
             recent = np.mean(losses[-log_every:])
             print(
                 f"step {step:5d}/{steps}  loss {recent:.4f}  "
-                f"scale {math.exp(float(logit_scale.value)):.1f}  "
+                f"scale {math.exp(float(scale)):.1f}  "
                 f"elapsed {time.perf_counter() - start:.0f}s",
                 file=out, flush=True,
             )
     trainer.write_token_embedding()
+    backbone.clip_head.logit_scale.assign(FINAL_LOGIT_SCALE)
     training_seconds = time.perf_counter() - start
 
     os.makedirs(output_dir, exist_ok=True)

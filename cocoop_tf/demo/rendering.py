@@ -1,18 +1,21 @@
 """How the demo's 28 x 28 grey images become 32 x 32 RGB pictures.
 
 Pretraining draws every shape in a random ink colour, on black, shifted by
-up to two pixels. Captions name the colour half of the time (see
-`captions.py`), so the small CLIP learns what such words look like: its
-text encoder reads more than the class name, and a learned prompt has
-something to steer (with captions that only ever vary in wording, the text
-encoder learns to ignore every word but the class name, and no prompt can
-change its output). The mini benchmark's shift (see `shift.py`) is outside
-every style drawn here.
+up to two pixels, and half of the pictures with one photographic effect:
+faded ink, a grey background, pixel noise, or blur (`EFFECTS`). Captions
+name the colour and the effect some of the time (see `captions.py`), so
+the small CLIP learns what such words look like: its text encoder reads the
+words around the class name, and a learned prompt has something to steer
+(with captions that only ever vary in wording, the text encoder learns to
+ignore every word but the class name, and no prompt can change its output).
+The mini benchmark's shift (see `shift.py`) applies all four effects at
+once, to grey ink: a combination pretraining never draws.
 """
 
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
 IMAGE_SIZE = 32
 SOURCE_SIZE = 28
@@ -27,6 +30,17 @@ INK_COLOURS = {
     "yellow": (245, 225, 50),
 }
 COLOUR_WORDS = tuple(INK_COLOURS)
+
+# The photographic effects, each drawn alone in pretraining, all at once by
+# the benchmark: ink at 40-60% of its brightness, a 5-15% grey background,
+# grey pixel noise, a Gaussian blur of the shape.
+EFFECTS = ("faded", "grey background", "noisy", "blurry")
+FADED, GREY_BACKGROUND, NOISY, BLURRY = range(len(EFFECTS))
+NO_EFFECT = -1
+FADED_INK_BRIGHTNESS = (0.40, 0.60)
+GREY_BACKGROUND_BRIGHTNESS = (0.05, 0.15)
+NOISE_STD = 0.04
+BLUR_SIGMA = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +96,41 @@ def grey_canvas(images, offsets):
     return canvas
 
 
-def render(images, styles):
-    """Draws grey images in the given styles: coloured ink on black.
+def render(images, styles, effects=None, rng=None):
+    """Draws grey images in the given styles: coloured ink on black, with effects.
 
     Args:
         images: uint8 `[N, 28, 28]`, white shapes on black.
         styles: their `Styles`.
+        effects: optional int `[N]`, an index into `EFFECTS` per image, or
+            `NO_EFFECT`.
+        rng: a `numpy.random.Generator` for the effects' amounts (needed
+            with `effects`).
 
     Returns:
         uint8 `[N, 32, 32, 3]` RGB.
     """
     canvas = grey_canvas(images, styles.offsets)
-    ink = np.array(list(INK_COLOURS.values()), np.float32)[styles.colour]
-    return np.round(canvas[..., None] * ink[:, None, None, :]).astype(np.uint8)
+    ink = np.array(list(INK_COLOURS.values()), np.float32)[styles.colour] / 255.0
+    count = len(canvas)
+    if effects is None:
+        effects = np.full(count, NO_EFFECT)
+    effects = np.asarray(effects)
+    blurred = effects == BLURRY
+    if blurred.any():
+        canvas[blurred] = ndimage.gaussian_filter(canvas[blurred], (0, BLUR_SIGMA, BLUR_SIGMA))
+    fade = np.ones(count, np.float32)
+    background = np.zeros(count, np.float32)
+    noise = np.zeros(canvas.shape, np.float32)
+    if (effects != NO_EFFECT).any():
+        fade = np.where(effects == FADED, rng.uniform(*FADED_INK_BRIGHTNESS, count), 1.0)
+        background = np.where(effects == GREY_BACKGROUND, rng.uniform(*GREY_BACKGROUND_BRIGHTNESS, count), 0.0)
+        noisy = (effects == NOISY)[:, None, None]
+        noise = np.where(noisy, rng.normal(0.0, NOISE_STD, canvas.shape), 0.0)
+    ink = ink * fade[:, None]
+    background = background[:, None, None, None]
+    pictures = background + (ink[:, None, None, :] - background) * canvas[..., None] + noise[..., None]
+    return np.round(255 * np.clip(pictures, 0.0, 1.0)).astype(np.uint8)
 
 
 def render_plain(images):

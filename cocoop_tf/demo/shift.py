@@ -1,12 +1,13 @@
 """The mini benchmark's distribution shift: faded grey prints on noisy grey paper.
 
-Pretraining only ever sees bright, saturated ink on a pure black background
-(`rendering.py`). The benchmark draws its held-out images as a faded print
-instead: colourless grey ink at 40-60% brightness, on a dark grey background
-(5-15%) with pixel noise, slightly blurred. The shapes stay clearly
-visible, but every pixel statistic the model was trained on moves: zero-shot
-accuracy drops, while the class information is still in the image features,
-for a learned prompt to recover.
+Pretraining draws saturated ink on black, with at most one of four effects
+per picture (`rendering.EFFECTS`). The benchmark draws its held-out images
+as a faded print instead, all four at once: colourless grey ink at 40-60%
+brightness, on a dark grey background (5-15%) with pixel noise, slightly
+blurred. The shapes stay clearly visible, but no pretraining picture looks
+like this: zero-shot accuracy with "a photo of a {}." drops, while the class
+information is still in the image features, for a learned prompt to
+recover.
 
 Each image's random draws come from a generator seeded by the SHA-256 of its
 own pixels, so an image always looks the same, whatever else is drawn with
@@ -18,13 +19,12 @@ import hashlib
 import numpy as np
 from scipy import ndimage
 
-from cocoop_tf.demo.rendering import plain_styles
+from cocoop_tf.demo.rendering import BLUR_SIGMA
+from cocoop_tf.demo.rendering import FADED_INK_BRIGHTNESS as INK_BRIGHTNESS
+from cocoop_tf.demo.rendering import GREY_BACKGROUND_BRIGHTNESS as BACKGROUND_BRIGHTNESS
+from cocoop_tf.demo.rendering import NOISE_STD
 from cocoop_tf.demo.rendering import grey_canvas
-
-INK_BRIGHTNESS = (0.40, 0.60)
-BACKGROUND_BRIGHTNESS = (0.05, 0.15)
-NOISE_STD = 0.04
-BLUR_SIGMA = 0.5
+from cocoop_tf.demo.rendering import plain_styles
 SHIFT_DESCRIPTION = (
     f"grey ink at {INK_BRIGHTNESS[0]:.0%}-{INK_BRIGHTNESS[1]:.0%} brightness on a "
     f"{BACKGROUND_BRIGHTNESS[0]:.0%}-{BACKGROUND_BRIGHTNESS[1]:.0%} grey background, "
