@@ -53,7 +53,7 @@ def test_weight_file_keeps_only_the_caption_token_rows():
     captions = caption_table(demo_images.CLASSNAMES)
     ids = tensors["text_encoder_embedding/token_embedding/embeddings:ids"]
     np.testing.assert_array_equal(ids, used_token_ids(captions))
-    assert {SOT_TOKEN_ID, EOT_TOKEN_ID} <= set(ids.tolist()) and len(ids) < 60
+    assert {SOT_TOKEN_ID, EOT_TOKEN_ID} <= set(ids.tolist()) and len(ids) < 100
     assert json.loads(metadata["architecture"]) == dataclasses.asdict(pretrain.MINI_CLIP_ARCHITECTURE)
     assert weights.mini_clip_path().stat().st_size < 4_000_000
     table = np.asarray(load_clip("mini_clip").text_encoder.embedding.token_embedding.embeddings)

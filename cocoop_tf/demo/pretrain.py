@@ -5,12 +5,14 @@
 Trains a CLIP of the project's architecture (a keras-hub `CLIPBackbone` with
 the real 49 408-token BPE vocabulary and tokenizer) from random weights with
 CLIP's objective: symmetric cross-entropy over the image-text similarities of
-a batch, scaled by a learned temperature. Images come from the pretraining
-pool of `cocoop_tf.demo.images` (never from the held-out pool), drawn in a
-random ink colour on black, half of them with one photographic effect (see
+a batch, scaled by CLIP's temperature (raised to its cap of 100, see
+`FINAL_LOGIT_SCALE`). Images come from the pretraining pool of
+`cocoop_tf.demo.images` (never from the held-out pool), drawn in a random
+ink colour on black, half of them with one photographic effect (see
 `rendering.py`), each with a caption from varied templates that names its
-class and, some of the time, its colour and its effect (see `captions.py`). At the end the zero-shot accuracy with
-"a photo of a {}." on held-out images of the same distribution is printed, and the weights are written as
+class and effect, and some of the time its colour (see `captions.py`). At
+the end the zero-shot accuracy with "a photo of a {}." on held-out images of
+the same distribution is printed, and the weights are written as
 `DIR/mini_clip.safetensors` (see `cocoop_tf.demo.weights`) with a JSON
 report beside them.
 """
