@@ -12,7 +12,7 @@ ink colour on black, half of them with one photographic effect (see
 `rendering.py`), each with a caption from varied templates that names its
 class and effect, and some of the time its colour (see `captions.py`). At
 the end the zero-shot accuracy with "a photo of a {}." on held-out images of
-the same distribution is printed, and the weights are written as
+the same distribution (without effects) is printed, and the weights are written as
 `DIR/mini_clip.safetensors` (see `cocoop_tf.demo.weights`) with a JSON
 report beside them.
 """

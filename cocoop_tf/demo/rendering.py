@@ -3,7 +3,7 @@
 Pretraining draws every shape in a random ink colour, on black, shifted by
 up to two pixels, and half of the pictures with one photographic effect:
 faded ink, a grey background, pixel noise, or blur (`EFFECTS`). Captions
-name the colour and the effect some of the time (see `captions.py`), so
+name the effect, and the colour half of the time (see `captions.py`), so
 the small CLIP learns what such words look like: its text encoder reads the
 words around the class name, and a learned prompt has something to steer
 (with captions that only ever vary in wording, the text encoder learns to
