@@ -25,6 +25,7 @@ from cocoop_tf.demo.rendering import GREY_BACKGROUND_BRIGHTNESS as BACKGROUND_BR
 from cocoop_tf.demo.rendering import NOISE_STD
 from cocoop_tf.demo.rendering import grey_canvas
 from cocoop_tf.demo.rendering import plain_styles
+
 SHIFT_DESCRIPTION = (
     f"grey ink at {INK_BRIGHTNESS[0]:.0%}-{INK_BRIGHTNESS[1]:.0%} brightness on a "
     f"{BACKGROUND_BRIGHTNESS[0]:.0%}-{BACKGROUND_BRIGHTNESS[1]:.0%} grey background, "
