@@ -151,7 +151,6 @@ class BatchSampler:
         template_effects = np.asarray(TEMPLATE_EFFECTS)
         if len(template_effects) != len(captions):
             raise ValueError("The caption table must hold `CAPTION_TEMPLATES`, in order.")
-        self.template_effects = template_effects
         # Templates by the effect they name; the plain ones last (index NO_EFFECT).
         self.templates_of = [np.flatnonzero(template_effects == e) for e in (*range(len(EFFECTS)), NO_EFFECT)]
 
