@@ -1,15 +1,35 @@
-"""Training-step time and peak memory of CoCoOp: full-length reference vs efficient path.
+"""CoCoOp's training step and evaluation on ViT-B/16 shapes, against the exact FLOP floor.
 
-The backbone has ViT-B/16's text tower (12 layers, width 512, 8 heads, 77
-positions, 512-d projection) with random weights; the frozen vision tower is
-small (its cost is the same in both paths). Each configuration runs in its own
-process, with TensorFlow limited to the requested CPU threads, in float32.
+Two backbones with random weights:
+- "text": ViT-B/16's text tower (12 layers, width 512, 8 heads, 77 positions,
+  512-d projection) and a small vision tower, so the text path dominates;
+- "full": CLIP ViT-B/16, both towers, 224 px images.
 
-    python benchmarks/text_encoder_speed.py [--threads 2] [--quick]
+Three paths of the same model:
+- reference: every (image, class) prompt at the full 77 positions; keras-hub's
+  vision tower; no XLA;
+- previous: the efficient path as it was before packing: classes in
+  length-sorted chunks padded to the chunk's longest name, every position of
+  the last block computed; keras-hub's vision tower; no XLA;
+- efficient: the default: name tokens packed without padding, the first
+  block's name projections once per class, the last block at the end tokens
+  only, the vision tower with plain matmuls and its last block at the class
+  token only; without and with XLA (`--jit-compile`).
 
-Prints: the training-step table for C in {10, 50, 100} and B in {1, 4, 16},
-the dense matmul rate of this machine and the time the efficient step's
-FLOPs imply at that rate, and evaluation throughput at C = 1000.
+The floor is the FLOPs the exact result needs, divided by the dense-matmul
+rate measured in the same run: every non-padded prompt token through every
+block (the first block's name projections once per class, the last block's
+query, output projection and MLP at the end tokens only), attention over the
+keys each token sees, and, in training, the backward pass to the inputs only
+(the backbone is frozen), about as many FLOPs again for what depends on the
+context; plus the vision tower's forward pass (its last block at the class
+token only). Each configuration runs in its own process, TensorFlow limited to
+the requested threads.
+
+    python benchmarks/text_encoder_speed.py [--threads 2] [--quick] [--bfloat16]
+
+`--quick`: C = 50, B = 4 training and C = 1000, B = 32 evaluation only.
+`--bfloat16`: also the efficient path under the "mixed_bfloat16" policy.
 """
 
 import argparse
@@ -21,7 +41,6 @@ import sys
 import threading
 import time
 
-WIDTH, LAYERS, HEADS, MLP, CONTEXT, PROJECTION = 512, 12, 8, 2048, 77, 512
 N_CTX = 4
 WORDS = (
     "red tailed hawk golden retriever sports car space shuttle church mountain bike "
@@ -29,6 +48,20 @@ WORDS = (
     "container ship espresso maker grey whale tabby cat barn spider park bench "
     "bell pepper strawberry volcano coral reef daisy yellow lady slipper"
 ).split()
+TEXT = dict(vocabulary_size=49408, context_length=77, text_width=512, text_layers=12,
+            text_heads=8, text_mlp_width=2048, projection_dim=512)
+BACKBONES = {
+    "text": dict(image_size=32, patch_size=16, vision_width=64, vision_layers=1, vision_heads=1,
+                 vision_mlp_width=128, **TEXT),
+    "full": dict(image_size=224, patch_size=16, vision_width=768, vision_layers=12,
+                 vision_heads=12, vision_mlp_width=3072, **TEXT),
+}
+PATHS = {  # text mode, vision mode, XLA
+    "reference": ("reference", "reference", False),
+    "previous": ("padded", "reference", False),
+    "efficient": ("efficient", "efficient", False),
+    "efficient_xla": ("efficient", "efficient", True),
+}
 
 
 def classnames(count, seed=0):
@@ -51,19 +84,29 @@ def _setup(threads):
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def _backbone():
+def _model(backbone, path, num_classes, precision):
+    import keras
+
+    import cocoop_tf
     from cocoop_tf.clip.backbone import CLIPArchitecture
     from cocoop_tf.clip.backbone import random_backbone
 
-    architecture = CLIPArchitecture(
-        image_size=32, patch_size=16, vision_width=64, vision_layers=1, vision_heads=1,
-        vision_mlp_width=128, vocabulary_size=49408, context_length=CONTEXT,
-        text_width=WIDTH, text_layers=LAYERS, text_heads=HEADS, text_mlp_width=MLP,
-        projection_dim=PROJECTION,
-    )
-    backbone = random_backbone(architecture)
-    backbone.trainable = False
-    return backbone
+    keras.mixed_precision.set_global_policy(precision)
+    clip = random_backbone(CLIPArchitecture(**BACKBONES[backbone]))
+    clip.trainable = False
+    model = cocoop_tf.CoCoOp(clip, classnames(num_classes))
+    text_mode, vision_mode, jit = PATHS[path]
+    model.prompt_text_encoder.mode = text_mode
+    model.image_encoder.mode = vision_mode
+    return model, jit
+
+
+def _images(backbone, batch):
+    import numpy as np
+    import tensorflow as tf
+
+    size = BACKBONES[backbone]["image_size"]
+    return tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
 
 
 class PeakMemory:
@@ -95,35 +138,37 @@ class PeakMemory:
         return (self.peak - self.base) / 2**20
 
 
-def measure_step(mode, batch, num_classes, threads, repeats):
-    """One configuration, in this process: seconds per training step, peak MB."""
+def measure_step(backbone, path, batch, num_classes, threads, repeats, precision="float32"):
+    """One training-step configuration, in this process: seconds per step, peak MB."""
     _setup(threads)
     import numpy as np
     import tensorflow as tf
 
     import cocoop_tf
 
-    model = cocoop_tf.CoCoOp(_backbone(), classnames(num_classes))
-    model.prompt_text_encoder.mode = mode
+    model, jit = _model(backbone, path, num_classes, precision)
     optimizer = cocoop_tf.training.CoupledSGD(0.002)
-    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)), tf.float32)
+    images = _images(backbone, batch)
     labels = tf.constant(np.arange(batch) % num_classes)
 
-    @tf.function
-    def step():
+    @tf.function(jit_compile=jit)
+    def gradients():
         with tf.GradientTape() as tape:
-            logits = model(images)
+            logits = tf.cast(model(images), tf.float32)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    def step():
+        loss, grads = gradients()
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     # The peak includes the first step: later steps reuse the memory it took,
     # so sampling only after it would miss the activations.
     with PeakMemory() as memory:
-        step()  # trace and warm up
+        step()  # trace, compile and warm up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -132,19 +177,16 @@ def measure_step(mode, batch, num_classes, threads, repeats):
     return {"seconds": float(np.median(times)), "peak_mb": memory.increase_mb}
 
 
-def measure_eval(batch, num_classes, threads, repeats):
-    """Images per second for evaluation (forward pass) of the efficient path."""
+def measure_eval(backbone, path, batch, num_classes, threads, repeats, precision="float32"):
+    """Images per second of evaluation (the forward pass), peak MB."""
     _setup(threads)
-    import numpy as np
     import tensorflow as tf
 
-    import cocoop_tf
-
-    model = cocoop_tf.CoCoOp(_backbone(), classnames(num_classes))
-    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)), tf.float32)
-    forward = tf.function(lambda: model(images))
+    model, jit = _model(backbone, path, num_classes, precision)
+    images = _images(backbone, batch)
+    forward = tf.function(lambda: model(images), jit_compile=jit)
     with PeakMemory() as memory:
-        forward()  # trace and warm up
+        forward()  # trace, compile and warm up
         start = time.perf_counter()
         for _ in range(repeats):
             forward().numpy()
@@ -152,15 +194,16 @@ def measure_eval(batch, num_classes, threads, repeats):
     return {"images_per_second": batch / seconds, "peak_mb": memory.increase_mb}
 
 
-def matmul_rate(threads):
-    """Dense float32 matmul rate (GFLOP/s) at the text tower's typical shapes."""
+def matmul_rate(threads, dtype="float32"):
+    """Dense matmul rate (GFLOP/s) at the text tower's typical shapes."""
     _setup(threads)
     import tensorflow as tf
 
+    width, mlp = TEXT["text_width"], TEXT["text_mlp_width"]
     rates = []
-    for rows, inner, outer in ((4096, WIDTH, MLP), (4096, MLP, WIDTH), (4096, WIDTH, WIDTH)):
-        a = tf.random.normal((rows, inner))
-        b = tf.random.normal((inner, outer))
+    for rows, inner, outer in ((4096, width, mlp), (4096, mlp, width), (4096, width, width)):
+        a = tf.cast(tf.random.normal((rows, inner)), dtype)
+        b = tf.cast(tf.random.normal((inner, outer)), dtype)
         run = tf.function(lambda: tf.matmul(a, b))
         run()
         start = time.perf_counter()
@@ -170,26 +213,57 @@ def matmul_rate(threads):
     return {"gflops": sum(rates) / len(rates)}
 
 
-def efficient_step_flops(batch, num_classes):
-    """Matmul FLOPs of one efficient training step (forward and input gradients).
+def _block_flops(rows, width, mlp, end_rows=None, shared_rows=0):
+    """Matmul FLOPs of one pre-norm block's projections and MLP.
 
-    The backbone is frozen, so the backward pass computes input gradients
-    only: about as many FLOPs as the forward pass.
+    `rows` tokens need keys and values; `end_rows` of them (all if None) the
+    query, output projection and MLP; `shared_rows` more need only query,
+    key and value (computed once, not per group).
     """
+    end_rows = rows if end_rows is None else end_rows
+    return 2 * (rows * 2 * width * width + end_rows * (2 * width * width + 2 * width * mlp)
+                + shared_rows * 3 * width * width)
+
+
+def floor_flops(backbone, batch, num_classes, training):
+    """FLOPs the exact result needs (see the module docstring)."""
     import numpy as np
 
     from cocoop_tf.clip.prompts import tokenize_classnames
 
-    ids = tokenize_classnames(classnames(num_classes), CONTEXT, N_CTX)
-    name_tokens = int(np.max(np.argmax(ids, axis=-1)))  # tokens after the start token
-    prefix = 1 + N_CTX
-    dense_per_token = 2 * (4 * WIDTH * WIDTH + 2 * WIDTH * MLP)
-    tokens = batch * (prefix + num_classes * name_tokens)
-    attention = 4 * batch * num_classes * name_tokens * (prefix + name_tokens) * WIDTH
-    attention += 4 * batch * prefix * prefix * WIDTH
-    forward = LAYERS * (tokens * dense_per_token + attention)
-    forward += 2 * batch * num_classes * WIDTH * PROJECTION
-    return 2 * forward
+    arch = BACKBONES[backbone]
+    width, mlp, layers = arch["text_width"], arch["text_mlp_width"], arch["text_layers"]
+    ids = tokenize_classnames(classnames(num_classes), arch["context_length"], N_CTX)
+    lengths = np.argmax(ids, axis=-1)  # name tokens after the start token, end token included
+    names, prefix = int(lengths.sum()), 1 + N_CTX
+    # Keys each token attends to (scores and weighted sum: 4 * width FLOPs per key).
+    name_keys = batch * sum(prefix + s + 1 for n in lengths for s in range(n))
+    prefix_keys = batch * prefix * (prefix + 1) // 2
+    attention = 4 * width * (name_keys + prefix_keys)
+    last_attention = 4 * width * batch * int(np.sum(prefix + lengths))
+    tokens = batch * (prefix + names)
+    context_dependent = (
+        (layers - 2) * (_block_flops(tokens, width, mlp) + attention)
+        # First block: the names' query/key/value projections do not depend on the context.
+        + _block_flops(tokens, width, mlp) - 2 * batch * names * 3 * width * width + attention
+        # Last block: keys and values everywhere, the rest at the end tokens.
+        + _block_flops(tokens, width, mlp, end_rows=batch * num_classes) + last_attention
+        + 2 * batch * num_classes * width * arch["projection_dim"]
+    )
+    text_fixed = 2 * names * 3 * width * width
+    vision = _vision_flops(arch, batch)
+    return (2 if training else 1) * context_dependent + text_fixed + vision
+
+
+def _vision_flops(arch, batch):
+    width, mlp, layers = arch["vision_width"], arch["vision_mlp_width"], arch["vision_layers"]
+    patches = (arch["image_size"] // arch["patch_size"]) ** 2
+    tokens = batch * (patches + 1)
+    embedding = 2 * batch * patches * arch["patch_size"] ** 2 * 3 * width
+    attention = 4 * width * batch * (patches + 1) ** 2
+    blocks = (layers - 1) * (_block_flops(tokens, width, mlp) + attention)
+    blocks += _block_flops(tokens, width, mlp, end_rows=batch) + 4 * width * tokens
+    return embedding + blocks + 2 * batch * width * arch["projection_dim"]
 
 
 def _run_child(kind, **kwargs):
@@ -203,17 +277,98 @@ def _run_child(kind, **kwargs):
 def _reference_feasible(batch, num_classes, memory_limit_gb, time_limit_s, rate_gflops):
     """Skip reference runs that would exhaust memory or take many minutes."""
     sequences = batch * num_classes
+    width, mlp, layers, length = TEXT["text_width"], TEXT["text_mlp_width"], TEXT["text_layers"], 77
     # Saved activations: about 12 tensors of [sequences, 77, 512] per layer, plus the MLP's 4x.
-    memory_gb = sequences * CONTEXT * WIDTH * 4 * LAYERS * 16 / 2**30
-    flops = 2 * LAYERS * sequences * CONTEXT * (2 * (4 * WIDTH * WIDTH + 2 * WIDTH * MLP))
+    memory_gb = sequences * length * width * 4 * layers * 16 / 2**30
+    flops = 2 * layers * sequences * length * (2 * (4 * width * width + 2 * width * mlp))
     seconds = flops / (rate_gflops * 1e9)
     return memory_gb <= memory_limit_gb and seconds <= time_limit_s, memory_gb, seconds
+
+
+def _seconds(result):
+    return result["error"] if "error" in result else f"{result['seconds']:.3f}"
+
+
+def _peak(result):
+    return "-" if "error" in result else f"{result['peak_mb']:.0f}"
+
+
+def training_table(configs, rate, args):
+    print("Training step (forward and backward), float32:\n")
+    print("| model | C | B | reference (s) | previous (s) | efficient (s) | efficient, XLA (s) "
+          "| XLA vs previous | floor (s) | XLA / floor | peak MB: previous / efficient / XLA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for backbone, num_classes, batch in configs:
+        run = dict(backbone=backbone, batch=batch, num_classes=num_classes, threads=args.threads)
+        xla = _run_child("step", path="efficient_xla", repeats=5, **run)
+        fast = _run_child("step", path="efficient", repeats=3, **run)
+        previous = _run_child("step", path="previous", repeats=3, **run)
+        feasible, memory_gb, seconds = _reference_feasible(
+            batch, num_classes, args.memory_limit_gb, args.time_limit_s, rate
+        )
+        if feasible and backbone == "text":
+            slow = _run_child("step", path="reference", repeats=1 if seconds > 20 else 3, **run)
+        else:
+            slow = {"error": "skipped" if backbone != "text" else f"skipped: ~{memory_gb:.0f} GB"}
+        floor = floor_flops(backbone, batch, num_classes, training=True) / (rate * 1e9)
+        ratio = "-"
+        if "error" not in xla and "error" not in previous:
+            ratio = f"{previous['seconds'] / xla['seconds']:.2f}x"
+        vs_floor = "-" if "error" in xla else f"{xla['seconds'] / floor:.2f}"
+        print(f"| {backbone} | {num_classes} | {batch} | {_seconds(slow)} | {_seconds(previous)} | "
+              f"{_seconds(fast)} | {_seconds(xla)} | {ratio} | {floor:.3f} | {vs_floor} | "
+              f"{_peak(previous)} / {_peak(fast)} / {_peak(xla)} |", flush=True)
+
+
+def evaluation_table(configs, rate, args):
+    print("\nEvaluation (forward pass), C = 1000 classes, float32:\n")
+    print("| model | B | previous (images/s) | efficient (images/s) | efficient, XLA (images/s) "
+          "| best vs previous | floor (images/s) | floor / best | peak MB: previous / efficient / XLA |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for backbone, batch in configs:
+        run = dict(backbone=backbone, batch=batch, num_classes=1000, threads=args.threads, repeats=1)
+        results = [_run_child("eval", path=path, **run) for path in ("previous", "efficient", "efficient_xla")]
+        floor = batch * rate * 1e9 / floor_flops(backbone, batch, 1000, training=False)
+        cells = [r["error"] if "error" in r else f"{r['images_per_second']:.3f}" for r in results]
+        speeds = [r["images_per_second"] for r in results[1:] if "error" not in r]
+        ratio = vs_floor = "-"
+        if speeds:
+            vs_floor = f"{floor / max(speeds):.2f}"
+            if "error" not in results[0]:
+                ratio = f"{max(speeds) / results[0]['images_per_second']:.2f}x"
+        peaks = " / ".join(_peak(r) for r in results)
+        print(f"| {backbone} | {batch} | {' | '.join(cells)} | {ratio} | {floor:.3f} | {vs_floor} | {peaks} |",
+              flush=True)
+
+
+def bfloat16_table(args):
+    rate = _run_child("matmul", threads=args.threads, dtype="bfloat16")
+    if "error" in rate:
+        print(f"\nbfloat16: not measured ({rate['error']})")
+        return
+    print(f"\nEfficient path with XLA under mixed_bfloat16 (dense bfloat16 matmul rate: {rate['gflops']:.1f} GFLOP/s):\n")
+    print("| model | measurement | float32 | bfloat16 | speed-up |")
+    print("|---|---|---|---|---|")
+    for backbone in ("text", "full"):
+        run = dict(backbone=backbone, path="efficient_xla", threads=args.threads)
+        results = [_run_child("step", batch=4, num_classes=50, repeats=5, precision=p, **run)
+                   for p in ("float32", "mixed_bfloat16")]
+        cells = [_seconds(r) for r in results]
+        ratio = "-" if any("error" in r for r in results) else f"{results[0]['seconds'] / results[1]['seconds']:.2f}x"
+        print(f"| {backbone} | training step C=50 B=4 (s) | {cells[0]} | {cells[1]} | {ratio} |", flush=True)
+        results = [_run_child("eval", batch=32, num_classes=1000, repeats=1, precision=p, **run)
+                   for p in ("float32", "mixed_bfloat16")]
+        cells = [r.get("error") or f"{r['images_per_second']:.3f}" for r in results]
+        ratio = "-" if any("error" in r for r in results) else (
+            f"{results[1]['images_per_second'] / results[0]['images_per_second']:.2f}x")
+        print(f"| {backbone} | evaluation C=1000 B=32 (images/s) | {cells[0]} | {cells[1]} | {ratio} |", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="C=50, B=4 and C=1000 only")
+    parser.add_argument("--quick", action="store_true", help="C=50, B=4 and C=1000, B=32 only")
+    parser.add_argument("--bfloat16", action="store_true", help="also the efficient path in bfloat16")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--time-limit-s", type=float, default=240.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -227,44 +382,17 @@ def main():
 
     rate = _run_child("matmul", threads=args.threads)["gflops"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"TensorFlow limited to {args.threads} threads; float32")
-    print(f"dense matmul rate: {rate:.1f} GFLOP/s\n")
-    configs = [(50, 4)] if args.quick else [(c, b) for c in (10, 50, 100) for b in (1, 4, 16)]
-    print("| C | B | reference step (s) | efficient step (s) | speed-up | reference peak (MB) "
-          "| efficient peak (MB) | memory ratio | efficient FLOP-implied (s) | efficient / implied |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for num_classes, batch in configs:
-        fast = _run_child("step", mode="efficient", batch=batch, num_classes=num_classes,
-                          threads=args.threads, repeats=3)
-        feasible, memory_gb, seconds = _reference_feasible(
-            batch, num_classes, args.memory_limit_gb, args.time_limit_s, rate
-        )
-        if feasible:
-            slow = _run_child("step", mode="reference", batch=batch, num_classes=num_classes,
-                              threads=args.threads, repeats=1 if seconds > 20 else 3)
-        else:
-            slow = {"error": f"skipped: ~{memory_gb:.0f} GB, ~{seconds:.0f} s estimated"}
-        implied = efficient_step_flops(batch, num_classes) / (rate * 1e9)
-        if "error" in slow:
-            ref_time = ref_mem = slow["error"]
-            speedup = memory_ratio = "-"
-        else:
-            ref_time, ref_mem = f"{slow['seconds']:.3f}", f"{slow['peak_mb']:.0f}"
-            speedup = f"{slow['seconds'] / fast['seconds']:.1f}x"
-            memory_ratio = f"{fast['peak_mb'] / max(slow['peak_mb'], 1):.3f}"
-        print(f"| {num_classes} | {batch} | {ref_time} | {fast['seconds']:.3f} | {speedup} | "
-              f"{ref_mem} | {fast['peak_mb']:.0f} | {memory_ratio} | {implied:.3f} | "
-              f"{fast['seconds'] / implied:.2f} |", flush=True)
-
-    print("\nEvaluation, efficient path, C = 1000 classes:")
-    print("| B | images/s | peak (MB) |")
-    print("|---|---|---|")
-    for batch in (1, 32):
-        result = _run_child("eval", batch=batch, num_classes=1000, threads=args.threads, repeats=2)
-        if "error" in result:
-            print(f"| {batch} | {result['error']} | |")
-        else:
-            print(f"| {batch} | {result['images_per_second']:.2f} | {result['peak_mb']:.0f} |", flush=True)
+          f"TensorFlow limited to {args.threads} threads")
+    print(f"dense float32 matmul rate: {rate:.1f} GFLOP/s\n")
+    if args.quick:
+        configs = [("text", 50, 4), ("full", 50, 4)]
+    else:
+        configs = [("text", c, b) for c in (10, 50, 100) for b in (1, 4, 16)] + [("full", 50, 4)]
+    training_table(configs, rate, args)
+    evaluation_table([("text", 32), ("full", 32)] if args.quick else
+                     [("text", 1), ("text", 32), ("full", 32)], rate, args)
+    if args.bfloat16:
+        bfloat16_table(args)
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ def _logits_and_gradients(model, images, weights, mode, token_ids=None):
 
 def _assert_same(model, images, num_classes, token_ids=None):
     weights = np.random.default_rng(5).normal(size=(len(images), num_classes)).astype("float32")
-    fast, fast_grads = _logits_and_gradients(model, images, weights, "efficient", token_ids)
     slow, slow_grads = _logits_and_gradients(model, images, weights, "reference", token_ids)
-    assert max_relative_difference(fast, slow) <= TOLERANCE
-    for variable, a, b in zip(model.trainable_variables, fast_grads, slow_grads):
-        assert max_relative_difference(a, b) <= TOLERANCE, variable.path
+    for mode in ("efficient", "padded"):
+        fast, fast_grads = _logits_and_gradients(model, images, weights, mode, token_ids)
+        assert max_relative_difference(fast, slow) <= TOLERANCE, mode
+        for variable, a, b in zip(model.trainable_variables, fast_grads, slow_grads):
+            assert max_relative_difference(a, b) <= TOLERANCE, (mode, variable.path)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +127,22 @@ def test_longest_name_that_fits_the_context(clip, rng):
     _assert_same(model, images, 2)
 
 
+@pytest.mark.parametrize("batch, num_classes", [(1, 1), (4, 9)])
+def test_efficient_under_xla_equals_reference(clip, rng, batch, num_classes):
+    keras.utils.set_random_seed(0)  # initial weights, as in test_cocoop_efficient_equals_reference
+    model = cocoop_tf.CoCoOp(clip, _classnames(num_classes, rng), reduction=4)
+    for variable in model.trainable_variables:
+        variable.assign(np.asarray(variable) + rng.normal(0, 0.05, variable.shape).astype("float32"))
+    images = tf.constant(rng.uniform(0, 255, (batch, 16, 16, 3)).astype("float32"))
+    weights = np.random.default_rng(5).normal(size=(batch, num_classes)).astype("float32")
+    slow, slow_grads = _logits_and_gradients(model, images, weights, "reference")
+    compiled = tf.function(lambda: _logits_and_gradients(model, images, weights, "efficient"), jit_compile=True)
+    fast, fast_grads = compiled()
+    assert max_relative_difference(fast, slow) <= TOLERANCE
+    for variable, a, b in zip(model.trainable_variables, fast_grads, slow_grads):
+        assert max_relative_difference(a, b) <= TOLERANCE, variable.path
+
+
 def test_xla_training_and_evaluation_match_eager(clip, rng):
     names = _classnames(5, rng)
     images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
@@ -143,7 +160,7 @@ def test_xla_training_and_evaluation_match_eager(clip, rng):
 
 
 def test_bad_mode(clip):
-    with pytest.raises(ValueError, match="mode must be 'efficient' or 'reference'"):
+    with pytest.raises(ValueError, match="mode must be 'efficient', 'padded' or 'reference'"):
         cocoop_tf.layers.PromptTextEncoder(clip.text_encoder, clip.text_projection, mode="fast")
 
 
@@ -168,3 +185,22 @@ def test_fixed_class_sets_are_sorted_and_chunked_inside_fit_and_eagerly(clip, rn
     model.fit(images, np.array([0, 1]), epochs=1, verbose=0)  # traced in a tf.function
     assert chunks and len(chunks) % 3 == 0
     assert sorted(np.concatenate(chunks[:3]).tolist()) == list(range(7))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_image_encoder_efficient_equals_reference(rng, batch):
+    """Plain-matmul blocks, the last at the class token only: keras-hub's vision tower's numbers."""
+    clip = cocoop_tf.load_clip("random_tiny")  # 2 vision blocks: a full one, then the last
+    encoder = cocoop_tf.layers.CLIPImageEncoder(clip.vision_encoder, clip.vision_pooler, clip.vision_projection)
+    images = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype("float32"))
+    results = []
+    for mode in ("efficient", "reference"):
+        encoder.mode = mode
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            features = encoder(images)
+            loss = tf.reduce_sum(features * np.linspace(-1, 1, features.shape[-1]))
+        results.append((features, tape.gradient(loss, images)))
+    (fast, fast_grad), (slow, slow_grad) = results
+    assert max_relative_difference(fast, slow) <= TOLERANCE
+    assert max_relative_difference(fast_grad, slow_grad) <= TOLERANCE

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from cocoop_tf.layers.image_normalization import CLIPImageNormalization
+from cocoop_tf.layers.transformer_ops import self_attention_block
 
 
 @keras.saving.register_keras_serializable(package="cocoop_tf")
@@ -17,11 +18,18 @@ class CLIPImageEncoder(keras.layers.Layer):
     normalisation: what every classifier here compares with class features.
     Every weight belongs to the (frozen) backbone.
 
+    Two modes give the same result:
+    - `"efficient"` (default) runs the transformer blocks with plain matmuls
+      (`cocoop_tf.layers.transformer_ops`), and in the last block computes
+      only the class token, the one position the pooling reads.
+    - `"reference"` calls the keras-hub vision encoder as it is.
+
     Args:
         vision_encoder: the backbone's `vision_encoder` (keras-hub
             CLIPVisionEncoder).
         vision_pooler: the backbone's `vision_pooler`.
         vision_projection: the backbone's `vision_projection` Dense layer.
+        mode: `"efficient"` or `"reference"`.
         **kwargs: standard `keras.layers.Layer` arguments; the dtype policy
             defaults to the vision tower's.
 
@@ -37,9 +45,12 @@ class CLIPImageEncoder(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, vision_encoder, vision_pooler, vision_projection, **kwargs):
+    def __init__(self, vision_encoder, vision_pooler, vision_projection, mode="efficient", **kwargs):
         kwargs.setdefault("dtype", vision_encoder.dtype_policy)
         super().__init__(**kwargs)
+        if mode not in ("efficient", "reference"):
+            raise ValueError(f"mode must be 'efficient' or 'reference', got {mode!r}.")
+        self.mode = mode
         self.vision_encoder = vision_encoder
         self.vision_pooler = vision_pooler
         self.vision_projection = vision_projection
@@ -51,8 +62,17 @@ class CLIPImageEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, images):
-        features = self.vision_encoder({"images": self.normalization(images)})
-        features = self.vision_projection(self.vision_pooler(features))
+        if self.mode == "reference":
+            features = self.vision_encoder({"images": self.normalization(images)})
+            features = self.vision_pooler(features)
+        else:
+            encoder = self.vision_encoder
+            x = encoder.pre_layer_norm(encoder.embedding(self.normalization(images)))
+            blocks = encoder.encoder_layers
+            for i, block in enumerate(blocks):
+                x = self_attention_block(block, x, first_row_only=i == len(blocks) - 1)
+            features = encoder.layer_norm(x)  # the class token's, which the pooler takes
+        features = self.vision_projection(features)
         return features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
     def compute_output_shape(self, input_shape):
@@ -69,6 +89,7 @@ class CLIPImageEncoder(keras.layers.Layer):
                 "vision_encoder": self.vision_encoder,
                 "vision_pooler": self.vision_pooler,
                 "vision_projection": self.vision_projection,
+                "mode": self.mode,
             }
         )
         return config

@@ -6,9 +6,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from cocoop_tf.layers.transformer_ops import attention_weights
+from cocoop_tf.layers.transformer_ops import linear
+from cocoop_tf.layers.transformer_ops import masked_softmax
+from cocoop_tf.layers.transformer_ops import mlp
+from cocoop_tf.layers.transformer_ops import transformer_block
+
 # Token rows (sequences x positions) per chunk of classes in the efficient
 # path: about 128 MB of float32 activations per tensor at width 512.
 DEFAULT_TOKEN_BUDGET = 65536
+MODES = ("efficient", "padded", "reference")
 # Groups (images) assumed per call when the batch size is not known statically.
 ASSUMED_GROUPS = 32
 
@@ -28,14 +35,23 @@ class PromptTextEncoder(keras.layers.Layer):
     (`M = 0`) it encodes the token ids as they are. Every weight belongs to
     the (frozen) CLIP backbone.
 
-    Two modes give the same result:
+    Three modes give the same result:
+    - `"efficient"` (default) uses the causal structure: nothing after a
+      class's end token is computed, and the start token and context vectors,
+      identical for all classes of a group, run once per group. A fixed class
+      set (a NumPy array) is packed: the name tokens of all classes go through
+      the projections and MLPs as one sequence without padding, attention
+      sees them per class, the first block's name projections (the same for
+      every group) run once, and the last block computes only the end tokens.
+      A class set given at run time (a served model's input) takes the
+      `"padded"` path.
+    - `"padded"`: as `"efficient"`, but classes in a chunk are padded to the
+      chunk's longest name and every position of every block is computed.
     - `"reference"` runs every (group, class) prompt at the full context
       length, as the reference implementation does.
-    - `"efficient"` (default) uses the causal structure: nothing after the
-      last end token is computed, and the start token and context vectors,
-      identical for all classes of a group, run once per group; each class's
-      name tokens attend to their keys and values. Classes are processed in
-      chunks of similar length (`class_chunk_size`) to bound memory.
+
+    Classes are processed in chunks of similar length (`class_chunk_size`)
+    to bound memory.
 
     Call arguments:
         context: `[G, M, D]`, one context per group (per image for CoCoOp, a
@@ -51,8 +67,8 @@ class PromptTextEncoder(keras.layers.Layer):
     Args:
         text_encoder: the backbone's `text_encoder` (keras-hub CLIPTextEncoder).
         text_projection: the backbone's `text_projection` Dense layer.
-        mode: `"efficient"` or `"reference"`.
-        class_chunk_size: classes per chunk in the efficient path; None picks
+        mode: `"efficient"`, `"padded"` or `"reference"`.
+        class_chunk_size: classes per chunk in the efficient and padded paths; None picks
             it so a chunk holds about 65 536 token rows for the batch.
         **kwargs: standard `keras.layers.Layer` arguments; give the
             backbone's `dtype` (its `dtype_policy`), as its layers compute
@@ -82,8 +98,8 @@ class PromptTextEncoder(keras.layers.Layer):
 
     def __init__(self, text_encoder, text_projection, mode="efficient", class_chunk_size=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("efficient", "reference"):
-            raise ValueError(f"mode must be 'efficient' or 'reference', got {mode!r}.")
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'efficient', 'padded' or 'reference', got {mode!r}.")
         self.text_encoder = text_encoder
         self.text_projection = text_projection
         self.mode = mode
@@ -168,6 +184,8 @@ class PromptTextEncoder(keras.layers.Layer):
             if classes is not None:
                 context = ops.take(context, classes, axis=1)
             return self._encode_full(context, token_ids)
+        if isinstance(token_ids, np.ndarray) and self.mode == "efficient":
+            return self._encode_packed(context, token_ids)
         return self._encode_shared_prefix(context, token_ids)
 
     def _chunk_size(self, context, length):
@@ -240,6 +258,34 @@ class PromptTextEncoder(keras.layers.Layer):
         eos = ops.tile(ops.argmax(token_ids, axis=-1) - 1, (groups,))
         return ops.reshape(self._project(names, eos), (groups, num_classes, -1))
 
+    def _encode_packed(self, context, token_ids):
+        """A fixed class set: start token and context once per group, name tokens packed.
+
+        The name tokens of all classes run through the projections and MLPs
+        as one unpadded sequence; attention sees them per class, in buckets
+        of one length (`PackedNames`). The first block's query, key and value projections
+        of the name tokens, the same for every group, run once; the last
+        block runs its query, attention output and MLP at the end tokens only.
+        """
+        layout = PackedNames(token_ids)
+        groups = ops.shape(context)[0]
+        width = self.text_encoder.hidden_dim
+        n_prefix = context.shape[1] + 1
+        start = ops.broadcast_to(self._embed(token_ids[:1, :1]), (groups, 1, width))
+        prefix = ops.concatenate([start, ops.cast(context, self.compute_dtype)], axis=1)
+        prefix = prefix + self._positions(0, n_prefix)
+        table = self.text_encoder.embedding.position_embedding.position_embeddings
+        names = self._embed(layout.token_ids) + ops.take(
+            ops.cast(table, self.compute_dtype), layout.positions + n_prefix, axis=0
+        )
+        blocks = self.text_encoder.encoder_layers
+        for i, block in enumerate(blocks):
+            prefix, names = packed_block(
+                block, prefix, names, layout, groups, first=i == 0, last=i == len(blocks) - 1
+            )
+        features = self.text_projection(self.text_encoder.layer_norm(names))  # [G, C, projection]
+        return ops.take(features, layout.restore, axis=1)
+
     def get_config(self):
         config = super().get_config()
         # The layers themselves, not serialised copies: Keras serialises them
@@ -282,47 +328,6 @@ def _fixed_value(token_ids):
     return token_ids if value is None else np.asarray(value)
 
 
-def transformer_block(block, x, attention_mask):
-    """One pre-norm CLIP block (keras-hub `CLIPEncoderLayer`) with a given mask."""
-    h = block.layer_norm_1(x)
-    x = x + block.attention(h, h, h, attention_mask=attention_mask)
-    return x + _mlp(block, x)
-
-
-def _mlp(block, x):
-    return block.dense_2(block.activation(block.dense_1(block.layer_norm_2(x))))
-
-
-def _masked_softmax(scores, mask):
-    """Softmax over positions where `mask` is True; at least float32, as Keras does."""
-    if keras.backend.standardize_dtype(scores.dtype) in ("float16", "bfloat16"):
-        scores = ops.cast(scores, "float32")
-    scores = ops.where(mask, scores, -1e9)
-    return ops.softmax(scores, axis=-1)
-
-
-def _linear(x, kernel, bias):
-    """`x @ kernel + bias` over the last axis, as one 2-D matmul."""
-    kernel = ops.cast(kernel, x.dtype)
-    outputs = ops.matmul(ops.reshape(x, (-1, kernel.shape[0])), kernel) + ops.cast(bias, x.dtype)
-    return ops.reshape(outputs, (*ops.shape(x)[:-1], kernel.shape[1]))
-
-
-def _attention_weights(attention, width):
-    """The attention's query, key, value and output projections as 2-D matrices.
-
-    Keras' MultiHeadAttention keeps them as `EinsumDense` kernels shaped
-    `[D, heads, head_dim]` (output `[heads, head_dim, D]`); on CPU a plain
-    matmul with the same numbers is several times faster, and one matmul for
-    query, key and value together is faster still.
-    """
-    projections = (attention.query_dense, attention.key_dense, attention.value_dense)
-    qkv_kernel = ops.concatenate([ops.reshape(p.kernel, (width, width)) for p in projections], axis=1)
-    qkv_bias = ops.concatenate([ops.reshape(p.bias, (width,)) for p in projections], axis=0)
-    output = attention.output_dense
-    return qkv_kernel, qkv_bias, ops.reshape(output.kernel, (width, width)), output.bias
-
-
 def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix=True):
     """One CLIP block for a shared prefix and the name tokens of many classes.
 
@@ -339,51 +344,176 @@ def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix
         The next `(prefix, names)` hidden states.
     """
     width = block.hidden_dim
-    heads = block.num_heads
-    head_dim = width // heads
-    scale = 1.0 / math.sqrt(head_dim)
     n_prefix = prefix.shape[1]
     n_names = ops.shape(names)[1]
-    qkv_kernel, qkv_bias, out_kernel, out_bias = _attention_weights(block.attention, width)
+    qkv_kernel, qkv_bias, out_kernel, out_bias = attention_weights(block.attention, width)
+    q_prefix, k_prefix, v_prefix = ops.split(
+        linear(block.layer_norm_1(prefix), qkv_kernel, qkv_bias), 3, axis=-1
+    )
+    q_names, k_names, v_names = ops.split(
+        linear(block.layer_norm_1(names), qkv_kernel, qkv_bias), 3, axis=-1
+    )
+
+    # Each class's name tokens see the whole prefix of their group and, causally, their own tokens.
+    causal = ops.tril(ops.ones((n_names, n_names), "bool"))
+    visible = ops.concatenate([ops.ones((n_names, n_prefix), "bool"), causal], axis=1)
+    attended = _attend_after_prefix(
+        block, q_names, k_names, v_names, k_prefix, v_prefix, groups, num_classes, visible
+    )
+    names = names + linear(attended, out_kernel, out_bias)
+    names = names + mlp(block, names)
+
+    if update_prefix:
+        prefix = _next_prefix(block, prefix, q_prefix, k_prefix, v_prefix, out_kernel, out_bias)
+    return prefix, names
+
+
+class PackedNames:
+    """Where each class's name tokens sit when packed one after another without padding.
+
+    Name tokens are those after the start token, up to and including the end
+    token. Classes are packed in order of length, so that the classes of one
+    length (a bucket) form a `[classes, length]` block of rows: attention
+    runs per bucket, on reshaped slices, with neither padding nor gathers.
+
+    Args:
+        token_ids: int NumPy `[C, L]` token ids of the class names.
+    """
+
+    def __init__(self, token_ids):
+        lengths = np.argmax(token_ids, axis=-1)  # the end token's position = name tokens it closes
+        order = np.argsort(lengths, kind="stable")
+        self.token_ids = np.concatenate([token_ids[c, 1 : lengths[c] + 1] for c in order])
+        self.positions = np.concatenate([np.arange(lengths[c]) for c in order]).astype("int32")
+        # Each bucket: (its first packed row, its first class in packed order, classes, length).
+        self.buckets = []
+        row = first = 0
+        for length, count in zip(*np.unique(lengths, return_counts=True)):
+            self.buckets.append((row, first, int(count), int(length)))
+            row, first = row + count * length, first + count
+        self.ends = (np.cumsum(lengths[order]) - 1).astype("int32")  # packed row of each end token
+        self.restore = np.argsort(order).astype("int32")  # packed-order index of each class
+        self.num_classes = len(lengths)
+
+
+def packed_block(block, prefix, names, layout, groups, first=False, last=False):
+    """One CLIP block for a shared prefix and the packed name tokens of many classes.
+
+    Args:
+        block: a keras-hub `CLIPEncoderLayer` (its weights are used).
+        prefix: `[G, P, D]` hidden states of the shared positions.
+        names: `[G, T, D]` hidden states of the packed name tokens (see
+            `PackedNames`), or `[T, D]`, the same for every group, in the
+            first block.
+        layout: the `PackedNames` of the class set.
+        groups: G.
+        first: whether `names` is `[T, D]`.
+        last: whether this is the last block: then only the end tokens'
+            next hidden states are computed and the prefix is not updated.
+
+    Returns:
+        The next `(prefix, names)` hidden states; after the last block,
+        `(None, [G, C, D])` at the end tokens, classes in packed order.
+    """
+    width = block.hidden_dim
+    n_prefix = prefix.shape[1]
+    qkv_kernel, qkv_bias, out_kernel, out_bias = attention_weights(block.attention, width)
+    q_prefix, k_prefix, v_prefix = ops.split(
+        linear(block.layer_norm_1(prefix), qkv_kernel, qkv_bias), 3, axis=-1
+    )
+
+    # In the first block the name tokens are the same for every group: their
+    # projections run once and are broadcast to the groups per bucket.
+    def rows(x, start, stop):  # [(G,) T, n] -> [G, stop - start, n]
+        if first:
+            return ops.broadcast_to(x[None, start:stop], (groups, stop - start, x.shape[-1]))
+        return x[:, start:stop]
+
+    def attend(query, keys_values, classes, length, visible):
+        keys, values = ops.split(ops.reshape(keys_values, (-1, length, 2 * width)), 2, axis=-1)
+        return _attend_after_prefix(block, query, keys, values, k_prefix, v_prefix, groups, classes, visible)
+
+    normed = block.layer_norm_1(names)
+    if last:  # only the end tokens' features are read: their queries alone
+        keys_values = linear(normed, qkv_kernel[:, width:], qkv_bias[width:])
+        ends = ops.take(normed, layout.ends, axis=0 if first else 1)
+        queries = linear(ends, qkv_kernel[:, :width], qkv_bias[:width])
+        attended = []
+        for row, start, classes, length in layout.buckets:
+            query = ops.reshape(rows(queries, start, start + classes), (-1, 1, width))
+            visible = np.ones((1, n_prefix + length), bool)
+            kv = rows(keys_values, row, row + classes * length)
+            attended.append(ops.reshape(attend(query, kv, classes, length, visible), (groups, classes, width)))
+        hidden = rows(ops.take(names, layout.ends, axis=0 if first else 1), 0, layout.num_classes)
+        hidden = hidden + linear(ops.concatenate(attended, axis=1), out_kernel, out_bias)
+        return None, hidden + mlp(block, hidden)
+
+    qkv = linear(normed, qkv_kernel, qkv_bias)
+    attended = []
+    for row, _, classes, length in layout.buckets:
+        part = ops.reshape(rows(qkv, row, row + classes * length), (-1, length, 3 * width))
+        visible = np.concatenate([np.ones((length, n_prefix), bool), np.tri(length, dtype=bool)], axis=1)
+        out = attend(part[..., :width], part[..., width:], classes, length, visible)
+        attended.append(ops.reshape(out, (groups, classes * length, width)))
+    names = names + linear(ops.concatenate(attended, axis=1), out_kernel, out_bias)  # broadcast in the first block
+    names = names + mlp(block, names)
+    return _next_prefix(block, prefix, q_prefix, k_prefix, v_prefix, out_kernel, out_bias), names
+
+
+def _attend_after_prefix(block, query, keys, values, k_prefix, v_prefix, groups, num_classes, visible):
+    """Attention of each class's tokens to their group's prefix and to the class's own tokens.
+
+    Args:
+        block: the `CLIPEncoderLayer` (for its head count).
+        query: `[G * C, Q, D]` queries of each class's tokens.
+        keys, values: `[G * C, S, D]` of each class's tokens.
+        k_prefix, v_prefix: `[G, P, D]` of each group's prefix.
+        groups: G.
+        num_classes: C.
+        visible: boolean mask over the `P + S` keys, broadcastable to
+            `[G * C, heads, Q, P + S]`.
+
+    Returns:
+        `[G * C, Q, D]`, before the output projection.
+    """
+    width, heads = block.hidden_dim, block.num_heads
+    head_dim = width // heads
+    n_prefix = k_prefix.shape[1]
 
     def split_heads(x):
         return ops.reshape(x, (*ops.shape(x)[:-1], heads, head_dim))
 
-    q_prefix, k_prefix, v_prefix = ops.split(
-        _linear(block.layer_norm_1(prefix), qkv_kernel, qkv_bias), 3, axis=-1
-    )
-    q_names, k_names, v_names = ops.split(
-        _linear(block.layer_norm_1(names), qkv_kernel, qkv_bias), 3, axis=-1
-    )
-
-    # Each class's name tokens see the whole prefix of their group and, causally,
-    # their own tokens: one attention over [prefix; names] keys per sequence.
+    # The prefix joins every class's keys and values, so that attention is
+    # one batched matmul per sequence (4-D einsums; TensorFlow's 5-D ones are slow).
     def with_prefix(prefix_part, names_part):
         shared = ops.broadcast_to(prefix_part[:, None], (groups, num_classes, n_prefix, width))
         shared = ops.reshape(shared, (-1, n_prefix, width))
         return split_heads(ops.concatenate([shared, names_part], axis=1))
 
-    query = split_heads(q_names * scale)
-    keys = with_prefix(k_prefix, k_names)
-    values = with_prefix(v_prefix, v_names)
-    causal = ops.tril(ops.ones((n_names, n_names), "bool"))
-    visible = ops.concatenate([ops.ones((n_names, n_prefix), "bool"), causal], axis=1)
-    weights = _masked_softmax(ops.einsum("bqhd,bkhd->bhqk", query, keys), visible)
-    attended = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, values.dtype), values)
-    attended = ops.reshape(attended, (-1, n_names, width))
-    names = names + _linear(attended, out_kernel, out_bias)
-    names = names + _mlp(block, names)
+    query = split_heads(query * (1.0 / math.sqrt(head_dim)))
+    scores = ops.einsum("bqhd,bkhd->bhqk", query, with_prefix(k_prefix, keys))
+    weights = ops.cast(masked_softmax(scores, visible), values.dtype)
+    attended = ops.einsum("bhqk,bkhd->bqhd", weights, with_prefix(v_prefix, values))
+    return ops.reshape(attended, (*ops.shape(attended)[:2], width))
 
-    if update_prefix:
-        if n_prefix == 1:  # the start token alone attends only to itself
-            attended = v_prefix
-        else:
-            scores = ops.einsum("bqhd,bkhd->bhqk", split_heads(q_prefix * scale), split_heads(k_prefix))
-            weights = _masked_softmax(scores, ops.tril(ops.ones((n_prefix, n_prefix), "bool")))
-            attended = ops.einsum(
-                "bhqk,bkhd->bqhd", ops.cast(weights, v_prefix.dtype), split_heads(v_prefix)
-            )
-            attended = ops.reshape(attended, (-1, n_prefix, width))
-        prefix = prefix + _linear(attended, out_kernel, out_bias)
-        prefix = prefix + _mlp(block, prefix)
-    return prefix, names
+
+def _next_prefix(block, prefix, query, keys, values, out_kernel, out_bias):
+    """The shared prefix's next hidden states: causal attention among its own positions."""
+    n_prefix, width = prefix.shape[1], block.hidden_dim
+    heads = block.num_heads
+    head_dim = width // heads
+
+    def split_heads(x):
+        return ops.reshape(x, (*ops.shape(x)[:-1], heads, head_dim))
+
+    if n_prefix == 1:  # the start token alone attends only to itself
+        attended = values
+    else:
+        scores = ops.einsum(
+            "bqhd,bkhd->bhqk", split_heads(query * (1.0 / math.sqrt(head_dim))), split_heads(keys)
+        )
+        weights = masked_softmax(scores, ops.tril(ops.ones((n_prefix, n_prefix), "bool")))
+        attended = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, values.dtype), split_heads(values))
+        attended = ops.reshape(attended, (-1, n_prefix, width))
+    prefix = prefix + linear(attended, out_kernel, out_bias)
+    return prefix + mlp(block, prefix)
