@@ -15,9 +15,9 @@ from cocoop_tf.layers.transformer_ops import transformer_block
 # Token rows (sequences x positions) per chunk of classes in the efficient
 # path: about 128 MB of float32 activations per tensor at width 512.
 DEFAULT_TOKEN_BUDGET = 65536
-MODES = ("efficient", "padded", "reference")
 # Groups (images) assumed per call when the batch size is not known statically.
 ASSUMED_GROUPS = 32
+MODES = ("efficient", "padded", "reference")
 
 
 @keras.saving.register_keras_serializable(package="cocoop_tf")
@@ -68,8 +68,9 @@ class PromptTextEncoder(keras.layers.Layer):
         text_encoder: the backbone's `text_encoder` (keras-hub CLIPTextEncoder).
         text_projection: the backbone's `text_projection` Dense layer.
         mode: `"efficient"`, `"padded"` or `"reference"`.
-        class_chunk_size: classes per chunk in the efficient and padded paths; None picks
-            it so a chunk holds about 65 536 token rows for the batch.
+        class_chunk_size: classes per chunk in the efficient and padded
+            paths; None picks it so a chunk holds about 65 536 token rows for
+            the batch.
         **kwargs: standard `keras.layers.Layer` arguments; give the
             backbone's `dtype` (its `dtype_policy`), as its layers compute
             in theirs.
@@ -263,9 +264,10 @@ class PromptTextEncoder(keras.layers.Layer):
 
         The name tokens of all classes run through the projections and MLPs
         as one unpadded sequence; attention sees them per class, in buckets
-        of one length (`PackedNames`). The first block's query, key and value projections
-        of the name tokens, the same for every group, run once; the last
-        block runs its query, attention output and MLP at the end tokens only.
+        of one length (`PackedNames`). The first block's query, key and
+        value projections of the name tokens, the same for every group, run
+        once; the last block runs its query, attention output and MLP at the
+        end tokens only.
         """
         layout = PackedNames(token_ids)
         groups = ops.shape(context)[0]
