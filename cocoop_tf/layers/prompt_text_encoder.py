@@ -1,6 +1,5 @@
 """CLIP's frozen text transformer run on prompt embeddings, exactly and fast."""
 
-import math
 
 import keras
 import numpy as np
@@ -8,8 +7,8 @@ from keras import ops
 
 from cocoop_tf.layers.transformer_ops import attention_weights
 from cocoop_tf.layers.transformer_ops import linear
-from cocoop_tf.layers.transformer_ops import masked_softmax
 from cocoop_tf.layers.transformer_ops import mlp
+from cocoop_tf.layers.transformer_ops import scaled_attention
 from cocoop_tf.layers.transformer_ops import transformer_block
 
 # Token rows (sequences x positions) per chunk of classes in the efficient
@@ -478,44 +477,28 @@ def _attend_after_prefix(block, query, keys, values, k_prefix, v_prefix, groups,
     Returns:
         `[G * C, Q, D]`, before the output projection.
     """
-    width, heads = block.hidden_dim, block.num_heads
-    head_dim = width // heads
+    width = block.hidden_dim
     n_prefix = k_prefix.shape[1]
-
-    def split_heads(x):
-        return ops.reshape(x, (*ops.shape(x)[:-1], heads, head_dim))
 
     # The prefix joins every class's keys and values, so that attention is
     # one batched matmul per sequence (4-D einsums; TensorFlow's 5-D ones are slow).
     def with_prefix(prefix_part, names_part):
         shared = ops.broadcast_to(prefix_part[:, None], (groups, num_classes, n_prefix, width))
         shared = ops.reshape(shared, (-1, n_prefix, width))
-        return split_heads(ops.concatenate([shared, names_part], axis=1))
+        return ops.concatenate([shared, names_part], axis=1)
 
-    query = split_heads(query * (1.0 / math.sqrt(head_dim)))
-    scores = ops.einsum("bqhd,bkhd->bhqk", query, with_prefix(k_prefix, keys))
-    weights = ops.cast(masked_softmax(scores, visible), values.dtype)
-    attended = ops.einsum("bhqk,bkhd->bqhd", weights, with_prefix(v_prefix, values))
-    return ops.reshape(attended, (*ops.shape(attended)[:2], width))
+    return scaled_attention(
+        query, with_prefix(k_prefix, keys), with_prefix(v_prefix, values), block.num_heads, visible
+    )
 
 
 def _next_prefix(block, prefix, query, keys, values, out_kernel, out_bias):
     """The shared prefix's next hidden states: causal attention among its own positions."""
-    n_prefix, width = prefix.shape[1], block.hidden_dim
-    heads = block.num_heads
-    head_dim = width // heads
-
-    def split_heads(x):
-        return ops.reshape(x, (*ops.shape(x)[:-1], heads, head_dim))
-
+    n_prefix = prefix.shape[1]
     if n_prefix == 1:  # the start token alone attends only to itself
         attended = values
     else:
-        scores = ops.einsum(
-            "bqhd,bkhd->bhqk", split_heads(query * (1.0 / math.sqrt(head_dim))), split_heads(keys)
-        )
-        weights = masked_softmax(scores, ops.tril(ops.ones((n_prefix, n_prefix), "bool")))
-        attended = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, values.dtype), split_heads(values))
-        attended = ops.reshape(attended, (-1, n_prefix, width))
+        causal = ops.tril(ops.ones((n_prefix, n_prefix), "bool"))
+        attended = scaled_attention(query, keys, values, block.num_heads, causal)
     prefix = prefix + linear(attended, out_kernel, out_bias)
     return prefix + mlp(block, prefix)

@@ -66,13 +66,8 @@ def self_attention_block(block, x, first_row_only=False):
     Returns:
         `[B, N, D]`, or `[B, D]` with `first_row_only`.
     """
-    width, heads = block.hidden_dim, block.num_heads
-    head_dim = width // heads
+    width = block.hidden_dim
     qkv_kernel, qkv_bias, out_kernel, out_bias = attention_weights(block.attention, width)
-
-    def split_heads(t):
-        return ops.reshape(t, (*ops.shape(t)[:-1], heads, head_dim))
-
     normed = block.layer_norm_1(x)
     if first_row_only:
         keys, values = ops.split(linear(normed, qkv_kernel[:, width:], qkv_bias[width:]), 2, axis=-1)
@@ -80,9 +75,32 @@ def self_attention_block(block, x, first_row_only=False):
         x = x[:, :1]
     else:
         query, keys, values = ops.split(linear(normed, qkv_kernel, qkv_bias), 3, axis=-1)
-    scores = ops.einsum("bqhd,bkhd->bhqk", split_heads(query * (1.0 / math.sqrt(head_dim))), split_heads(keys))
-    weights = ops.cast(masked_softmax(scores), values.dtype)
-    attended = ops.einsum("bhqk,bkhd->bqhd", weights, split_heads(values))
-    x = x + linear(ops.reshape(attended, (*ops.shape(attended)[:2], width)), out_kernel, out_bias)
+    attended = scaled_attention(query, keys, values, block.num_heads)
+    x = x + linear(attended, out_kernel, out_bias)
     x = x + mlp(block, x)
     return x[:, 0] if first_row_only else x
+
+
+def scaled_attention(query, keys, values, heads, mask=None):
+    """Multi-head scaled dot-product attention, without projections.
+
+    Args:
+        query: `[B, Q, D]`.
+        keys, values: `[B, K, D]`.
+        heads: number of heads (D is split evenly among them).
+        mask: boolean mask over the keys, broadcastable to `[B, heads, Q, K]`;
+            None: every key is visible.
+
+    Returns:
+        `[B, Q, D]`, the heads joined again.
+    """
+    width = query.shape[-1]
+    head_dim = width // heads
+
+    def split_heads(t):
+        return ops.reshape(t, (*ops.shape(t)[:-1], heads, head_dim))
+
+    scores = ops.einsum("bqhd,bkhd->bhqk", split_heads(query * (1.0 / math.sqrt(head_dim))), split_heads(keys))
+    weights = ops.cast(masked_softmax(scores, mask), values.dtype)
+    attended = ops.einsum("bhqk,bkhd->bqhd", weights, split_heads(values))
+    return ops.reshape(attended, (*ops.shape(attended)[:2], width))
