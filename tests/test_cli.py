@@ -139,3 +139,16 @@ def test_prompt_from_another_backbone_is_refused_unless_forced(tmp_path):
     forced = _quiet_run(*arguments, "--force", "--output", tmp_path / "forced")
     assert forced.returncode == 0, forced.stderr
     assert "warning:" in forced.stderr and "loading it anyway" in forced.stderr
+
+
+def test_xla_flags_and_config_file_reach_the_run_config(tmp_path):
+    from cocoop_tf.cli import _config
+    from cocoop_tf.cli import build_parser
+
+    command = ["base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--output", "out"]
+    settings = tmp_path / "run.yaml"
+    settings.write_text("jit-compile: false\n")
+    expected = {(): "auto", ("--jit-compile",): True, ("--no-jit-compile",): False,
+                ("--config", str(settings)): False, ("--config", str(settings), "--jit-compile"): True}
+    for flags, value in expected.items():
+        assert repr(_config(build_parser().parse_args([*command, *flags]))[0].jit_compile) == repr(value)

@@ -5,6 +5,7 @@ them is recomputed here from the saved predictions.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -21,12 +22,15 @@ from safetensors.numpy import load_file
 from conftest import assert_quiet
 from conftest import user_environment
 
+from cocoop_tf.clip.backbone import build_backbone
+from cocoop_tf.clip.loader import RANDOM_CONFIGS
 from cocoop_tf.data import load_dataset
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
 from cocoop_tf.protocols.run_folder import RunFolder
 from cocoop_tf.protocols import load_predictions
 from cocoop_tf.protocols import run_protocol
+from cocoop_tf.protocols.training import uses_xla
 from cocoop_tf.protocols.published import BASE_TO_NEW
 from cocoop_tf.protocols.published import CROSS_DATASET
 from cocoop_tf.protocols.published import DOMAIN_GENERALIZATION
@@ -394,7 +398,19 @@ def test_unknown_dataset_and_bad_settings(data_root, tmp_path):
                "--data-root", data_root, "--output", tmp_path / "out")
     assert crop.returncode == 2 and "crop_scale must be [low, high]" in crop.stderr
     assert "Traceback" not in result.stderr + bad.stderr + typo.stderr + csc.stderr + crop.stderr
+    with pytest.raises(ValueError, match='jit_compile must be true, false or "auto"'):
+        RunConfig(backbone="random_tiny", jit_compile="yes")
     assert not (tmp_path / "out").exists()
+
+
+def test_xla_by_default_for_clip_sized_text_towers():
+    """jit_compile "auto": XLA from CLIP's 512-wide text tower up, where it pays on CPU."""
+    tiny = build_backbone(RANDOM_CONFIGS["random_tiny"])
+    clip_sized = build_backbone(dataclasses.replace(
+        RANDOM_CONFIGS["random_tiny"], text_width=512, text_heads=8, text_layers=1, text_mlp_width=512,
+    ))
+    assert [uses_xla("auto", tiny), uses_xla("auto", clip_sized)] == [False, True]
+    assert [uses_xla(True, tiny), uses_xla(False, clip_sized)] == [True, False]
 
 
 def test_prompt_from_another_backbone_width(data_root, tmp_path):

@@ -48,7 +48,9 @@ class RunConfig:
         deterministic: deterministic TensorFlow ops (slower), for bitwise
             repeatable runs; the training data (order and augmentation) is
             always a function of the seed.
-        jit_compile: compile training and evaluation steps with XLA.
+        jit_compile: compile training and evaluation steps with XLA: True,
+            False, or "auto": XLA when the text tower is at least
+            `training.XLA_MIN_TEXT_WIDTH` wide, as in every CLIP release.
         strategy: None, "mirrored", "multi_worker" or "tpu".
         tpu: TPU name or address for strategy "tpu" (None: the local TPU).
         data_root: folder with the datasets (CoOp's $DATA).
@@ -77,7 +79,7 @@ class RunConfig:
     templates: list = None
     skip_corrupt: bool = False
     deterministic: bool = False
-    jit_compile: bool = False
+    jit_compile: object = "auto"
     strategy: str = None
     tpu: str = None
     data_root: str = None
@@ -121,6 +123,8 @@ class RunConfig:
         self.crop_scale = list(check_crop_scale(self.crop_scale))
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
+        if not (isinstance(self.jit_compile, bool) or self.jit_compile == "auto"):
+            raise ValueError(f"jit_compile must be true, false or \"auto\", got {self.jit_compile!r}.")
         if self.strategy not in (None, *STRATEGIES):
             raise ValueError(f"Unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}.")
         if self.templates is not None:
