@@ -1,4 +1,4 @@
-"""cocoop-tf: conditional prompt learning (CoCoOp, CoOp) for CLIP in Keras 3.
+"""cocoop-tf: conditional prompt learning (CoCoOp, CoOp, KgCoOp) for CLIP in Keras 3.
 
 All models take RGB images as pixel values 0..255, shape
 `[batch, size, size, 3]` at the backbone's resolution, and normalise them
@@ -15,6 +15,7 @@ from cocoop_tf.clip import tokenize  # noqa: E402
 from cocoop_tf.clip import tokenize_classnames  # noqa: E402
 from cocoop_tf.models import CoCoOp  # noqa: E402
 from cocoop_tf.models import CoOp  # noqa: E402
+from cocoop_tf.models import KgCoOp  # noqa: E402
 from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
 from cocoop_tf.training import paper_optimizer  # noqa: E402
 

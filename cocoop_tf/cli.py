@@ -206,6 +206,9 @@ def _add_training_options(parser):
     )
     parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
     parser.add_argument(
+        "--kg-weight", type=float, help="KgCoOp's weight of the knowledge-guided term (default: 8.0)"
+    )
+    parser.add_argument(
         "--class-specific", action="store_true", default=None,
         help="CoOp with one context per class (train/evaluate on the same classes only)",
     )

@@ -188,3 +188,47 @@ def test_trainable_numbers_for_vit_b16():
     assert sum(int(np.prod(v.shape)) for v in coop.trainable_weights) == 2_048
     del clip, model, coop
     keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("template", ["a photo of a {}, a type of pet.", ["a {}.", "itap of the {}."]])
+def test_kgcoop_loss_matches_the_official_formula(clip, rng, template):
+    """Cross-entropy + w * (1 - mean cos(learned, hand-crafted)), as KgCoOp's trainer computes it."""
+    model = cocoop_tf.KgCoOp(clip, CLASSNAMES, template=template, kg_weight=8.0)
+    model.compile()
+    _perturb(model, rng)
+    images = rng.uniform(0, 255, (3, 24, 24, 3)).astype("float32")
+    labels = rng.integers(0, len(CLASSNAMES), 3)
+    token_table = clip.text_encoder.embedding.token_embedding.embeddings
+    templates = [template] if isinstance(template, str) else template
+    hand_crafted = []
+    for name in CLASSNAMES:
+        features = []
+        for text in templates:
+            ids = cocoop_tf.tokenize(text.format(name.replace("_", " ")))[0]
+            features.append(_unit(_reference_text_feature(clip, tf.gather(token_table, ids), int(np.argmax(ids)))))
+        hand_crafted.append(_unit(tf.reduce_mean(tf.stack(features), axis=0)))
+    hand_crafted = tf.stack(hand_crafted)
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = model.compute_loss(images, labels, logits)
+    gradients = tape.gradient(loss, variables)
+    with tf.GradientTape() as tape:
+        expected_logits = _reference_logits(clip, model, images, CLASSNAMES, "a photo of a", conditional=False)
+        learned = []
+        for name in CLASSNAMES:
+            ids = cocoop_tf.tokenize(f"a photo of a {name.replace('_', ' ')}.")[0]
+            embedded = tf.gather(token_table, ids)
+            prompt = tf.concat([embedded[:1], model.prompt_learner.ctx, embedded[5:]], axis=0)
+            learned.append(_unit(_reference_text_feature(clip, prompt, int(np.argmax(ids)))))
+        cosine = tf.reduce_sum(tf.stack(learned) * hand_crafted, -1)
+        expected_loss = _loss(labels, expected_logits) + 8.0 * (1.0 - tf.reduce_mean(cosine))
+    expected_gradients = tape.gradient(expected_loss, variables)
+    assert max_relative_difference(logits, expected_logits) <= TOLERANCE
+    assert 8.0 * (1.0 - float(tf.reduce_mean(cosine))) > 0.01 * float(expected_loss)  # the term counts
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=TOLERANCE)
+    for variable, grad, expected_grad in zip(variables, gradients, expected_gradients):
+        assert max_relative_difference(grad, expected_grad) <= TOLERANCE, variable.path
+    # Inference is CoOp's: no term, the same logits.
+    np.testing.assert_allclose(model(images), logits, rtol=1e-5, atol=1e-5)
+    assert not model.losses

@@ -1,4 +1,4 @@
-"""Keras models: zero-shot CLIP, CoOp and CoCoOp, and the registry of methods.
+"""Keras models: zero-shot CLIP, CoOp, CoCoOp and KgCoOp, and the registry of methods.
 
 Each method is one file that registers its model with `register_method`;
 the order of registration is the order of tables and default method lists.
@@ -12,6 +12,7 @@ from cocoop_tf.models.registry import register_method
 from cocoop_tf.models.zero_shot_clip import ZeroShotCLIP  # noqa: I001 (registration order)
 from cocoop_tf.models.coop import CoOp
 from cocoop_tf.models.cocoop import CoCoOp
+from cocoop_tf.models.kgcoop import KgCoOp
 from cocoop_tf.models.prompt_file import model_from_prompt
 from cocoop_tf.models.prompt_file import read_prompt
 

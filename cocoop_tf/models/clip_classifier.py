@@ -60,6 +60,8 @@ class CLIPClassifier(keras.Model):
             (CoCoOp): such a model has no `class_features`.
         run_settings: the `RunConfig` settings passed to the constructor
             under the same names (see `from_run_config`).
+        runs_by_default: False for a method that runs only when named in
+            `--methods` (the CoCoOp paper's methods run by default).
 
     Args:
         clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
@@ -71,6 +73,7 @@ class CLIPClassifier(keras.Model):
     learns = True
     image_conditional = False
     run_settings = ()
+    runs_by_default = True
 
     def __init__(self, clip, **kwargs):
         policy = keras.mixed_precision.global_policy()
@@ -216,6 +219,12 @@ class CLIPClassifier(keras.Model):
     def encode_images(self, images):
         """Normalised CLIP image features `[B, projection_dim]` of 0..255 images."""
         return self.image_encoder(images)
+
+    def feature_logits(self, image_features, text_features):
+        """`logit_scale * image_features @ text_features.T`, `[B, C]`, of normalised features."""
+        text_features = ops.cast(text_features, image_features.dtype)
+        logits = ops.matmul(image_features, ops.transpose(text_features))
+        return self.logit_scale(logits.dtype) * logits
 
     def logit_scale(self, dtype):
         """CLIP's learned temperature, `exp(logit_scale)` (about 100)."""

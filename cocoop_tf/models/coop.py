@@ -1,7 +1,5 @@
 """CoOp: context optimisation with one learned prompt for all images."""
 
-from keras import ops
-
 from cocoop_tf.models.clip_classifier import l2_normalize
 from cocoop_tf.models.prompt_learning import PromptLearningModel
 from cocoop_tf.models.registry import register_method
@@ -57,10 +55,7 @@ class CoOp(PromptLearningModel):
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
             token_ids: int `[C, L]` from `tokenize_classnames`.
         """
-        image_features = self.encode_images(images)
-        text_features = ops.cast(self.class_features(token_ids), image_features.dtype)
-        logits = ops.matmul(image_features, ops.transpose(text_features))
-        return self.logit_scale(logits.dtype) * logits
+        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
 
     def get_config(self):
         config = super().get_config()

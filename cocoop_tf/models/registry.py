@@ -45,11 +45,16 @@ def get_method(name):
     raise ValueError(f"Unknown method {name!r}; the methods are {', '.join(METHODS)}.")
 
 
-def method_names(learns=None):
+def method_names(learns=None, by_default=False):
     """Registered method names in registration order.
 
     Args:
         learns: True for the methods that train, False for those that do
             not (zero-shot CLIP), None for all.
+        by_default: only the methods that run when none are named
+            (`runs_by_default`: the CoCoOp paper's).
     """
-    return [name for name, cls in METHODS.items() if learns is None or cls.learns == learns]
+    return [
+        name for name, cls in METHODS.items()
+        if (learns is None or cls.learns == learns) and (cls.runs_by_default or not by_default)
+    ]

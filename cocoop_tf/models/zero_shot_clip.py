@@ -125,12 +125,7 @@ class ZeroShotCLIP(CLIPClassifier):
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
             token_ids: int `[C, L]` (or `[C, num_templates, L]`) from `tokenize_classnames`.
         """
-        return self._logits(self.encode_images(images), self.class_features(token_ids))
-
-    def _logits(self, image_features, text_features):
-        text_features = ops.cast(text_features, image_features.dtype)
-        logits = ops.matmul(image_features, ops.transpose(text_features))
-        return self.logit_scale(logits.dtype) * logits
+        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
 
     def call(self, images, token_ids=None):
         if token_ids is not None:
@@ -138,7 +133,7 @@ class ZeroShotCLIP(CLIPClassifier):
         # Computed eagerly even while a graph is traced, so it becomes a constant.
         with tf.init_scope():
             text_features = self.text_features()
-        return self._logits(self.encode_images(images), text_features)
+        return self.feature_logits(self.encode_images(images), text_features)
 
     def export_description(self):
         if len(self.templates) != 1:

@@ -21,7 +21,8 @@ class RunConfig:
         backbone: CLIP source for `load_clip` (preset, folder, file, or a
             built-in name such as "random_tiny").
         methods: registered method names (`cocoop_tf.models.method_names()`:
-            "zeroshot", "coop", "cocoop"); default all.
+            "zeroshot", "coop", "cocoop", "kgcoop"); default the CoCoOp
+            paper's three.
         seeds: few-shot sampling and training seeds; results are averaged.
         shots: training images per class.
         epochs: training epochs; the last epoch's model is evaluated.
@@ -35,6 +36,7 @@ class RunConfig:
         n_ctx: number of context vectors (must equal ctx_init's word count).
         ctx_init: initial context words, or None for random N(0, 0.02).
         reduction: CoCoOp's Meta-Net hidden width is projection_dim // reduction.
+        kg_weight: KgCoOp's weight of the knowledge-guided term (lambda).
         class_specific: CoOp with one context per class (cannot move to new
             classes; base-to-new and transfer need it off).
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
@@ -57,7 +59,7 @@ class RunConfig:
     """
 
     backbone: str = None
-    methods: list = dataclasses.field(default_factory=method_names)
+    methods: list = dataclasses.field(default_factory=lambda: method_names(by_default=True))
     seeds: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
     shots: int = 16
     epochs: int = 10
@@ -71,6 +73,7 @@ class RunConfig:
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     reduction: int = 16
+    kg_weight: float = 8.0
     class_specific: bool = False
     precision: str = "float32"
     image_size: int = None
@@ -104,6 +107,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}.")
+        if isinstance(self.kg_weight, bool) or not isinstance(self.kg_weight, (int, float)) or not self.kg_weight >= 0:
+            raise ValueError(f"kg_weight must be a number >= 0, got {self.kg_weight!r}.")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"{self.epochs} epoch(s) with {self.warmup_epochs} warm-up epoch(s) leave no epoch "

@@ -34,7 +34,7 @@ class Protocol:
 
     name: str
     title: str
-    default_methods: object = method_names
+    default_methods: object = lambda: method_names(by_default=True)
     keyed_by_subset: bool = False
     summary: str = None
     default_source: str = None
@@ -55,7 +55,7 @@ PROTOCOLS = {
         ),
         Protocol(
             "cross-dataset", "Cross-dataset transfer",
-            default_methods=lambda: method_names(learns=True), summary="average",
+            default_methods=lambda: method_names(learns=True, by_default=True), summary="average",
             default_source="imagenet", default_targets=CROSS_DATASET_TARGETS,
             published=lambda source: published_transfer("cross-dataset", source),
         ),

@@ -249,7 +249,7 @@ def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log
         f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs"
     )
     training = training_record(plan.protocol.name, plan.source, plan.subset, seed, config)
-    model = build_model(method, clip, few_shot.classnames, config, None)
+    model = build_model(method, clip, few_shot.classnames, config, few_shot.template)
     train_prompt_model(
         model, few_shot, config, seed, image_size,
         checkpoint_dir=os.path.join(run_dir, "checkpoints"),
@@ -319,10 +319,11 @@ def _build_every_model(clip, plan, force):
         models = [_model_from_prompt(clip, path, force) for path, _ in plan.prompts]
     else:
         classnames = plan.source_data.subsample(plan.subset).classnames if plan.source_data else None
+        template = plan.source_data.template if plan.source_data else None
         models = []
         for method in config.methods:
             if get_method(method).learns:
-                models.append(build_model(method, clip, classnames, config, None))
+                models.append(build_model(method, clip, classnames, config, template))
             else:
                 for _, view in plan.views:
                     build_model(method, clip, view.classnames, config, view.template)
