@@ -86,13 +86,16 @@ def cases(trained):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, clip, trained):
-    """SavedModels of the trained CoCoOp, a CoOp and a zero-shot CLIP."""
+    """SavedModels of the trained CoCoOp, a CoOp, a KgCoOp and a zero-shot CLIP."""
     root = tmp_path_factory.mktemp("serving")
     coop = cocoop_tf.CoOp(clip, ["a", "b"])
     coop.prompt_learner.set_context(np.random.default_rng(2).normal(0, 0.02, (4, 64)))
+    kgcoop = cocoop_tf.KgCoOp(clip, ["a", "b"], template="a photo of a {}, a type of pet.")
+    kgcoop.prompt_learner.set_context(np.random.default_rng(3).normal(0, 0.02, (4, 64)))
     models = {
         "cocoop": trained[0],
         "coop": coop,
+        "kgcoop": kgcoop,
         "zeroshot": cocoop_tf.ZeroShotCLIP(clip, ["a"], template="a photo of a {}, a type of pet."),
     }
     return {name: (model, export_saved_model(model, root / name)) for name, model in models.items()}
@@ -237,7 +240,7 @@ def tensorflow_only(tmp_path_factory, exports, cases):
     for name, token_ids in _bad_token_ids(cocoop).items():
         run.add(name, path, "serving_default", images=cases[0][0], token_ids=token_ids)
     images = cases[1][0]
-    for name in ("coop", "zeroshot"):
+    for name in ("coop", "kgcoop", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
         run.add(name, path, "serving_default", images=images, token_ids=token_ids)
@@ -266,13 +269,13 @@ def test_saved_model_matches_keras_on_new_classes_and_batch_sizes(tensorflow_onl
     assert max_relative_difference(outputs["served like TF Serving/logits"], cases[0][2]) <= 1e-4
 
 
-def test_coop_and_zero_shot_saved_models_serve_cacheable_class_features(tensorflow_only, exports, cases):
+def test_coop_kgcoop_and_zero_shot_saved_models_serve_cacheable_class_features(tensorflow_only, exports, cases):
     outputs, errors, _ = tensorflow_only
     images = cases[1][0]
-    for name in ("coop", "zeroshot"):
+    for name in ("coop", "kgcoop", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
-        expected = np.asarray(model.classify(images, token_ids if name == "coop" else token_ids[:, None]))
+        expected = np.asarray(model.classify(images, token_ids if name != "zeroshot" else token_ids[:, None]))
         assert max_relative_difference(outputs[f"{name}/logits"], expected) <= 1e-4
         # A client that caches text_features and calls classify_features gets the same logits.
         classify = tf.saved_model.load(path).signatures["classify_features"]
@@ -392,6 +395,15 @@ def test_tflite_fails_on_bad_input_then_serves_again(tflite_models, trained, cas
         with pytest.raises(RuntimeError):
             serve(**inputs)
     assert max_relative_difference(serve(images=images, token_ids=token_ids)["logits"], expected) <= 1e-4
+
+
+def test_kgcoop_tflite_serves_new_classes(tmp_path, exports, cases):
+    model = exports["kgcoop"][0]
+    path = export_tflite(model, tmp_path / "kgcoop.tflite")
+    images = cases[1][0]
+    token_ids = serving_token_ids(model, NEW_CASES[1][1])
+    logits = _runner(path)(images=images, token_ids=token_ids)["logits"]
+    assert max_relative_difference(logits, model.classify(images, token_ids)) <= 1e-4
 
 
 def test_float16_tflite(tmp_path, trained, cases):

@@ -24,7 +24,10 @@ from conftest import user_environment
 
 from cocoop_tf.clip.backbone import build_backbone
 from cocoop_tf.clip.loader import RANDOM_CONFIGS
+import cocoop_tf
+from cocoop_tf.clip import load_clip
 from cocoop_tf.data import load_dataset
+from cocoop_tf.models import read_prompt
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
 from cocoop_tf.protocols.run_folder import RunFolder
@@ -195,6 +198,25 @@ def test_base2new_on_every_dataset_in_its_real_layout(data_root, tmp_path, name)
     paper = dict(zip(("base", "new", "h"), BASE_TO_NEW[name]["cocoop"]))
     assert results["published"]["cocoop"] == paper
     assert "| CoCoOp (paper) | " + " | ".join(f"{paper[k]:.2f}" for k in ("base", "new", "h")) in check_reports(tmp_path, results)
+
+
+def test_kgcoop_base2new_guided_by_the_dataset_template(data_root, tmp_path):
+    results = run_protocol(
+        "base2new", RunConfig(**TINY, methods=["zeroshot", "kgcoop"], data_root=data_root), tmp_path,
+        source="oxford_pets", subset="base", evaluations=[("oxford_pets", "base"), ("oxford_pets", "new")],
+        log=lambda *a: None,
+    )
+    assert [r["method"] for r in results["runs"]] == ["zeroshot", "kgcoop"]
+    recount(tmp_path, results)
+    assert "| KgCoOp |" in check_reports(tmp_path, results)
+    prompt = tmp_path / "runs" / "kgcoop_seed1" / "prompt.safetensors"
+    _, metadata = read_prompt(prompt)
+    assert metadata["config"]["template"] == "a photo of a {}, a type of pet."
+    assert metadata["config"]["kg_weight"] == 8.0
+    # It learned: the context left the "a photo of a" embeddings it started from.
+    clip = load_clip("random_tiny")
+    start = cocoop_tf.KgCoOp(clip, ["x"]).prompt_learner.ctx
+    assert not np.allclose(load_file(prompt)["prompt_learner/ctx"], start, atol=1e-6)
 
 
 def test_cross_dataset_from_imagenet_to_the_ten_others(data_root, tmp_path):
