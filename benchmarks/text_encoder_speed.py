@@ -26,10 +26,12 @@ context; plus the vision tower's forward pass (its last block at the class
 token only). Each configuration runs in its own process, TensorFlow limited to
 the requested threads.
 
-    python benchmarks/text_encoder_speed.py [--threads 2] [--quick] [--bfloat16]
+    python benchmarks/text_encoder_speed.py [--threads 2] [--quick] [--bfloat16] [--methods]
 
 `--quick`: C = 50, B = 4 training and C = 1000, B = 32 evaluation only.
 `--bfloat16`: also the efficient path under the "mixed_bfloat16" policy.
+`--methods` (`--methods-only`): also (only) the training step of CoOp, CoCoOp
+and KgCoOp at C = 50, B = 4.
 """
 
 import argparse
@@ -84,7 +86,7 @@ def _setup(threads):
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def _model(backbone, path, num_classes, precision):
+def _model(backbone, path, num_classes, precision, method="cocoop"):
     import keras
 
     import cocoop_tf
@@ -94,7 +96,7 @@ def _model(backbone, path, num_classes, precision):
     keras.mixed_precision.set_global_policy(precision)
     clip = random_backbone(CLIPArchitecture(**BACKBONES[backbone]))
     clip.trainable = False
-    model = cocoop_tf.CoCoOp(clip, classnames(num_classes))
+    model = cocoop_tf.models.get_method(method)(clip, classnames(num_classes))
     text_mode, vision_mode, jit = PATHS[path]
     model.prompt_text_encoder.mode = text_mode
     model.image_encoder.mode = vision_mode
@@ -138,7 +140,7 @@ class PeakMemory:
         return (self.peak - self.base) / 2**20
 
 
-def measure_step(backbone, path, batch, num_classes, threads, repeats, precision="float32"):
+def measure_step(backbone, path, batch, num_classes, threads, repeats, precision="float32", method="cocoop"):
     """One training-step configuration, in this process: seconds per step, peak MB."""
     _setup(threads)
     import numpy as np
@@ -146,7 +148,7 @@ def measure_step(backbone, path, batch, num_classes, threads, repeats, precision
 
     import cocoop_tf
 
-    model, jit = _model(backbone, path, num_classes, precision)
+    model, jit = _model(backbone, path, num_classes, precision, method)
     optimizer = cocoop_tf.training.CoupledSGD(0.002)
     images = _images(backbone, batch)
     labels = tf.constant(np.arange(batch) % num_classes)
@@ -154,10 +156,10 @@ def measure_step(backbone, path, batch, num_classes, threads, repeats, precision
     @tf.function(jit_compile=jit)
     def gradients():
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images), tf.float32)
+            logits = tf.cast(model(images, training=True), tf.float32)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            )
+            ) + sum(tf.cast(term, tf.float32) for term in model.losses)  # KgCoOp's knowledge term
         return loss, tape.gradient(loss, model.trainable_variables)
 
     def step():
@@ -364,11 +366,24 @@ def bfloat16_table(args):
         print(f"| {backbone} | evaluation C=1000 B=32 (images/s) | {cells[0]} | {cells[1]} | {ratio} |", flush=True)
 
 
+def methods_table(args):
+    print("\nTraining step per method, C = 50, B = 4, efficient path with XLA, float32 (s):\n")
+    methods = ("coop", "cocoop", "kgcoop")
+    print("| model | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    for backbone in ("text", "full"):
+        run = dict(backbone=backbone, path="efficient_xla", batch=4, num_classes=50, threads=args.threads)
+        cells = [_seconds(_run_child("step", repeats=5, method=m, **run)) for m in methods]
+        print(f"| {backbone} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="C=50, B=4 and C=1000, B=32 only")
     parser.add_argument("--bfloat16", action="store_true", help="also the efficient path in bfloat16")
+    parser.add_argument("--methods", action="store_true", help="also the step of each method (CoOp, KgCoOp)")
+    parser.add_argument("--methods-only", action="store_true", help="only the step of each method")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--time-limit-s", type=float, default=240.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -384,6 +399,9 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"TensorFlow limited to {args.threads} threads")
     print(f"dense float32 matmul rate: {rate:.1f} GFLOP/s\n")
+    if args.methods_only:
+        methods_table(args)
+        return
     if args.quick:
         configs = [("text", 50, 4), ("full", 50, 4)]
     else:
@@ -393,6 +411,8 @@ def main():
                      [("text", 1), ("text", 32), ("full", 32)], rate, args)
     if args.bfloat16:
         bfloat16_table(args)
+    if args.methods:
+        methods_table(args)
 
 
 if __name__ == "__main__":

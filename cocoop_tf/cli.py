@@ -187,11 +187,23 @@ def _add_run_options(parser, protocol, training=True):
     parser.set_defaults(methods_default=methods_default)
 
 
+def _paper_defaults(setting):
+    from cocoop_tf.protocols.config import method_settings
+
+    values = {m: method_settings({}, m)[setting] for m in method_names(learns=True)}
+    return ", ".join(f"{value} for {m}" for m, value in values.items())
+
+
 def _add_training_options(parser):
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3)")
     parser.add_argument("--shots", type=int, help="training images per class (default: 16)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: 10)")
-    parser.add_argument("--batch-size", type=int, help="global training batch size (default: 1)")
+    parser.add_argument(
+        "--epochs", type=int, help=f"training epochs (default: each method's paper's: {_paper_defaults('epochs')})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int,
+        help=f"global training batch size (default: each method's paper's: {_paper_defaults('batch_size')})",
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
     parser.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
     parser.add_argument("--weight-decay", type=float, help="L2 coefficient (default: 5e-4)")

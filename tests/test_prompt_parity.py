@@ -232,3 +232,13 @@ def test_kgcoop_loss_matches_the_official_formula(clip, rng, template):
     # Inference is CoOp's: no term, the same logits.
     np.testing.assert_allclose(model(images), logits, rtol=1e-5, atol=1e-5)
     assert not model.losses
+
+
+def test_kgcoop_evaluates_classes_whose_hand_crafted_prompt_is_too_long(clip, rng):
+    long_name = " ".join(["x"] * 68)  # fits CoOp's 4 context vectors, not the pet template
+    model = cocoop_tf.KgCoOp(clip, ["cat", long_name], template="a photo of a {}, a type of pet.")
+    images = rng.uniform(0, 255, (2, 24, 24, 3)).astype("float32")
+    assert model(images).shape == (2, 2)
+    model.compile(optimizer=cocoop_tf.paper_optimizer(1, epochs=1, warmup_epochs=0))
+    with pytest.raises(ValueError, match=r"a type of pet\.' needs 80 positions .* context length is 77"):
+        model.fit(images, np.array([0, 1]), verbose=0)

@@ -30,6 +30,7 @@ from cocoop_tf.data import load_dataset
 from cocoop_tf.models import read_prompt
 from cocoop_tf.protocols import RunConfig
 from cocoop_tf.protocols import RunFolderError
+from cocoop_tf.protocols.results import _settings_lines
 from cocoop_tf.protocols.run_folder import RunFolder
 from cocoop_tf.protocols import load_predictions
 from cocoop_tf.protocols import run_protocol
@@ -423,6 +424,15 @@ def test_unknown_dataset_and_bad_settings(data_root, tmp_path):
     with pytest.raises(ValueError, match='jit_compile must be true, false or "auto"'):
         RunConfig(backbone="random_tiny", jit_compile="yes")
     assert not (tmp_path / "out").exists()
+
+
+def test_each_method_trains_with_its_papers_settings_unless_told():
+    paper = RunConfig(backbone="random_tiny", methods=["coop", "kgcoop"])
+    assert [(paper.for_method(m).epochs, paper.for_method(m).batch_size) for m in paper.methods] == [(10, 1), (100, 128)]
+    given = RunConfig(backbone="random_tiny", methods=["coop", "kgcoop"], epochs=3)
+    assert [(given.for_method(m).epochs, given.for_method(m).batch_size) for m in given.methods] == [(3, 1), (3, 128)]
+    results = {"protocol": "base2new", "runs": [{"method": "kgcoop", "seed": 1}], "config": paper.to_dict()}
+    assert "CoOp: 16 shots, 10 epochs, batch size 1, lr 0.002, context 'a photo of a'; KgCoOp: 16 shots, 100 epochs, batch size 128" in _settings_lines(results)[0]
 
 
 def test_xla_by_default_for_clip_sized_text_towers():

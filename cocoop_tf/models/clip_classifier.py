@@ -62,6 +62,9 @@ class CLIPClassifier(keras.Model):
             under the same names (see `from_run_config`).
         runs_by_default: False for a method that runs only when named in
             `--methods` (the CoCoOp paper's methods run by default).
+        paper_settings: `RunConfig` settings of the method's paper (e.g.
+            `{"epochs": 100, "batch_size": 128}`), used where a run leaves
+            them unset; the others are the CoCoOp paper's.
 
     Args:
         clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
@@ -74,6 +77,7 @@ class CLIPClassifier(keras.Model):
     image_conditional = False
     run_settings = ()
     runs_by_default = True
+    paper_settings = {}
 
     def __init__(self, clip, **kwargs):
         policy = keras.mixed_precision.global_policy()

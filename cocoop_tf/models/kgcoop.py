@@ -64,6 +64,8 @@ class KgCoOp(CoOp):
     method = "kgcoop"
     display_name = "KgCoOp"
     runs_by_default = False
+    # The official base-to-new recipe (vit_b16_ep100_ctxv1): 100 epochs of batch 128.
+    paper_settings = {"epochs": 100, "batch_size": 128}
     run_settings = ("n_ctx", "ctx_init", "class_specific", "template", "kg_weight")
 
     def __init__(
@@ -81,11 +83,14 @@ class KgCoOp(CoOp):
     def set_classnames(self, classnames, force=False):
         super().set_classnames(classnames, force=force)
         self._hand_crafted_features = None
-        # Refuses a bad template, or a hand-crafted prompt longer than the context, now.
-        ZeroShotCLIP(self.clip, self.classnames, template=self.template)
 
     def hand_crafted_features(self):
-        """The frozen CLIP's normalised features of the hand-crafted prompts, `[C, D]` (cached)."""
+        """The frozen CLIP's normalised features of the hand-crafted prompts, `[C, D]` (cached).
+
+        Only training needs them, so a class set is refused for a hand-crafted
+        prompt longer than the context (or a bad template) here, not when it
+        is set: evaluation on such classes works as CoOp's.
+        """
         if self._hand_crafted_features is None:
             # Computed eagerly even while a step is traced, so it becomes a constant.
             with tf.init_scope():

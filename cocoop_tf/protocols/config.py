@@ -5,7 +5,10 @@ import json
 import os
 
 from cocoop_tf.data.transforms import check_crop_scale
+from cocoop_tf.models import get_method
 from cocoop_tf.models import method_names
+# The settings a method's paper may set (`paper_settings`), and the CoCoOp paper's values.
+METHOD_DEFAULTS = {"epochs": 10, "batch_size": 1}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
 
@@ -25,8 +28,12 @@ class RunConfig:
             paper's three.
         seeds: few-shot sampling and training seeds; results are averaged.
         shots: training images per class.
-        epochs: training epochs; the last epoch's model is evaluated.
+        epochs: training epochs; the last epoch's model is evaluated. None:
+            each method's paper setting (`paper_settings`; 10 for CoOp and
+            CoCoOp, as the CoCoOp paper, 100 for KgCoOp).
         batch_size: global training batch size (split across replicas).
+            None: each method's paper setting (1 for CoOp and CoCoOp, 128
+            for KgCoOp).
         eval_batch_size: evaluation batch size.
         lr: peak learning rate of SGD.
         momentum: SGD momentum.
@@ -62,8 +69,8 @@ class RunConfig:
     methods: list = dataclasses.field(default_factory=lambda: method_names(by_default=True))
     seeds: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
     shots: int = 16
-    epochs: int = 10
-    batch_size: int = 1
+    epochs: int = None
+    batch_size: int = None
     eval_batch_size: int = 100
     lr: float = 0.002
     momentum: float = 0.9
@@ -103,13 +110,15 @@ class RunConfig:
             raise ValueError(f"Give one or more distinct seeds, got {self.seeds}.")
         for name in ("shots", "epochs", "batch_size", "eval_batch_size", "reduction"):
             value = getattr(self, name)
+            if value is None and name in METHOD_DEFAULTS:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}.")
         if isinstance(self.kg_weight, bool) or not isinstance(self.kg_weight, (int, float)) or not self.kg_weight >= 0:
             raise ValueError(f"kg_weight must be a number >= 0, got {self.kg_weight!r}.")
-        if self.warmup_epochs >= self.epochs:
+        if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"{self.epochs} epoch(s) with {self.warmup_epochs} warm-up epoch(s) leave no epoch "
                 f"at the learning rate: pass --warmup-epochs 0 (warmup_epochs: 0 in a config "
@@ -140,6 +149,14 @@ class RunConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def for_method(self, method):
+        """This config with the method's paper settings where it leaves them None.
+
+        Args:
+            method: a registered method name.
+        """
+        return RunConfig(**method_settings(self.to_dict(), method))
 
     def differences(self, other):
         """The settings, by name, whose values differ from `other` (a dict)."""
@@ -201,3 +218,12 @@ def make_config(file_values=None, overrides=None, known_extra=()):
     if values.get("ctx_init") in ("", "none", "None"):
         values["ctx_init"] = None
     return RunConfig(**values), extra
+
+
+def method_settings(settings, method):
+    """`settings` (a `RunConfig.to_dict()`) with the method's paper settings where they are None."""
+    paper = get_method(method).paper_settings
+    return {
+        **settings,
+        **{k: paper.get(k, default) for k, default in METHOD_DEFAULTS.items() if settings.get(k) is None},
+    }

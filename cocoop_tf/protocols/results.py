@@ -31,6 +31,7 @@ import numpy as np
 
 from cocoop_tf.files import write_text
 from cocoop_tf.models import get_method
+from cocoop_tf.protocols.config import method_settings
 from cocoop_tf.protocols.protocol import get_protocol
 
 RESULTS_FORMAT = "cocoop_tf.results/1"
@@ -163,7 +164,14 @@ def _settings_lines(results):
     trained = [run for run in results["runs"] if run["seed"] is not None or run.get("prompt")]
     if results["protocol"] != "evaluate":
         seeds = ", ".join(map(str, config["seeds"]))
-        what = f"{_training_line(config)}, seeds {seeds}" if trained else "zero-shot"
+        lines = {
+            display_name(m): _training_line(method_settings(config, m))
+            for m in config["methods"] if get_method(m).learns
+        }
+        if len(set(lines.values())) > 1:  # methods trained with their own papers' settings
+            what = "; ".join(f"{name}: {line}" for name, line in lines.items()) + f"; seeds {seeds}"
+        else:
+            what = f"{next(iter(lines.values()))}, seeds {seeds}" if trained else "zero-shot"
         return [f"Backbone `{config['backbone']}`, {what}. {accuracy}."]
     lines = [f"Backbone `{config['backbone']}`. {accuracy}."]
     for run in trained:

@@ -242,7 +242,7 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
 
 def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log=print):
     """Trains one method on one seed's few-shot view; returns the model (its prompt file written)."""
-    config = plan.config
+    config = plan.config.for_method(method)
     few_shot = plan.few_shot(seed, os.path.join(folder.path, "splits") if folder.write_files else None)
     log(
         f"  training on {config.shots} shots of {few_shot.num_classes} {plan.subset} classes "

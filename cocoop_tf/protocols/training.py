@@ -163,6 +163,7 @@ def train_prompt_model(
     Returns:
         The logs (loss, accuracy) of each epoch trained here, as a list of dicts.
     """
+    config = config.for_method(model.method)
     images = len(dataset.train)
     drop_remainder = images >= config.batch_size  # as Dassl's training loader
     steps_per_epoch = images // config.batch_size if drop_remainder else 1
