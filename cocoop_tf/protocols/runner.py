@@ -246,7 +246,7 @@ def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log
     few_shot = plan.few_shot(seed, os.path.join(folder.path, "splits") if folder.write_files else None)
     log(
         f"  training on {config.shots} shots of {few_shot.num_classes} {plan.subset} classes "
-        f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs"
+        f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs of batch {config.batch_size}"
     )
     training = training_record(plan.protocol.name, plan.source, plan.subset, seed, config)
     model = build_model(method, clip, few_shot.classnames, config, few_shot.template)
