@@ -178,11 +178,12 @@ def _add_run_options(parser, protocol, training=True):
     xla = parser.add_mutually_exclusive_group()
     xla.add_argument(
         "--jit-compile", action="store_true", default=None,
-        help="compile steps with XLA (default: for text towers at least 512 wide, as CLIP's)",
+        help="compile the training and evaluation steps of the methods trained here with XLA "
+             "(default: for text towers at least 512 wide, as CLIP's)",
     )
     xla.add_argument(
         "--no-jit-compile", dest="jit_compile", action="store_false", default=None,
-        help="never compile steps with XLA",
+        help="train (and evaluate what is trained here) without XLA",
     )
     parser.set_defaults(methods_default=methods_default)
 

@@ -7,6 +7,7 @@ import os
 from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.models import get_method
 from cocoop_tf.models import method_names
+
 # The settings a method's paper may set (`paper_settings`), and the CoCoOp paper's values.
 METHOD_DEFAULTS = {"epochs": 10, "batch_size": 1}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
