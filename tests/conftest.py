@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras
 import numpy as np
 import pytest
 
@@ -57,6 +58,12 @@ def assert_quiet(result):
     """A finished command printed no start-up line, Keras warning or traceback."""
     output = result.stdout + result.stderr
     assert not [word for word in NOISE if word in output], output[-3000:]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test draws the same numbers whichever tests ran before it in its worker."""
+    keras.utils.set_random_seed(0)
 
 
 @pytest.fixture

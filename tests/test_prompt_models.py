@@ -95,7 +95,9 @@ def test_classify_takes_any_class_set_as_token_ids(clip, rng, cls):
     np.testing.assert_array_equal(token_ids, model.tokenize_classnames(other))
     served = np.asarray(model.classify(images, token_ids))
     model.set_classnames(other)
-    np.testing.assert_allclose(served, model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(served, np.asarray(model(images)))
+    # predict runs compiled: rounding of the cosines (float32, ~1e-7) differs, times logit scale 100
+    np.testing.assert_allclose(served, model.predict(images, verbose=0), rtol=1e-5, atol=1e-4)
 
 
 def test_tokenize_classnames_layout_and_room_for_context():

@@ -84,16 +84,16 @@ def materialize(data_root=None):
     """
     data_root = os.path.expanduser(os.fspath(data_root or default_data_root()))
     folder = os.path.join(data_root, NAME)
-    manifest_path = os.path.join(folder, MANIFEST_FILE)
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            if json.load(f) == _manifest():
-                return folder
+    if _is_current(folder):
+        return folder
     os.makedirs(data_root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{NAME}-", dir=data_root)
     make_public_folder(staging)
     try:
         _write(staging)
+        if _is_current(folder):  # another process wrote it meanwhile; leave its files to its readers
+            shutil.rmtree(staging)
+            return folder
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -101,6 +101,14 @@ def materialize(data_root=None):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _is_current(folder):
+    manifest_path = os.path.join(folder, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        return False
+    with open(manifest_path) as f:
+        return json.load(f) == _manifest()
 
 
 def _write(folder):
