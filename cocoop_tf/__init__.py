@@ -16,6 +16,7 @@ from cocoop_tf.clip import tokenize_classnames  # noqa: E402
 from cocoop_tf.models import CoCoOp  # noqa: E402
 from cocoop_tf.models import CoOp  # noqa: E402
 from cocoop_tf.models import KgCoOp  # noqa: E402
+from cocoop_tf.models import MaPLe  # noqa: E402
 from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
 from cocoop_tf.training import paper_optimizer  # noqa: E402
 

@@ -24,6 +24,17 @@ class CLIPImageEncoder(keras.layers.Layer):
       only the class token, the one position the pooling reads.
     - `"reference"` calls the keras-hub vision encoder as it is.
 
+    Called with `context` (MaPLe's vision prompts), `M` learned vectors
+    join the sequence after the class and patch embeddings (before the
+    pre-layer norm), and with `deep_context` they are replaced by
+    `deep_context[j - 1]` before block `j` (1 <= j < J); the efficient mode
+    only.
+
+    Call arguments:
+        images: RGB pixel values 0..255, `[B, S, S, 3]`.
+        context: optional `[M, width]` vision prompts, the same for every image.
+        deep_context: optional `[J - 1, M, width]`, the deeper blocks' prompts.
+
     Args:
         vision_encoder: the backbone's `vision_encoder` (keras-hub
             CLIPVisionEncoder).
@@ -61,21 +72,39 @@ class CLIPImageEncoder(keras.layers.Layer):
         self.normalization.build(input_shape)
         self.built = True
 
-    def call(self, images):
+    def call(self, images, context=None, deep_context=None):
+        if deep_context is not None and context is None:
+            raise ValueError("Deep vision prompts replace the first block's prompts: give `context` too.")
         if self.mode == "reference":
+            if context is not None:
+                raise ValueError("Vision prompts need the image encoder's efficient mode.")
             features = self.vision_encoder({"images": self.normalization(images)})
             features = self.vision_pooler(features)
         else:
             encoder = self.vision_encoder
-            x = encoder.pre_layer_norm(encoder.embedding(self.normalization(images)))
+            x = encoder.embedding(self.normalization(images))
             blocks = encoder.encoder_layers
+            if context is not None:
+                context = ops.cast(context, x.dtype)
+                n_ctx = context.shape[0]
+                x = ops.concatenate([x, prompt_rows(context, ops.shape(x)[0])], axis=1)
+                if deep_context is not None:
+                    deep_context = ops.cast(deep_context, x.dtype)
+                    if deep_context.shape[1:] != context.shape or deep_context.shape[0] >= len(blocks):
+                        raise ValueError(
+                            f"Expected deep vision prompts of shape [depth - 1 < {len(blocks)}, "
+                            f"{n_ctx}, {context.shape[1]}], got shape {tuple(deep_context.shape)}."
+                        )
+            x = encoder.pre_layer_norm(x)
             for i, block in enumerate(blocks):
+                if deep_context is not None and 1 <= i <= deep_context.shape[0]:
+                    x = ops.concatenate([x[:, :-n_ctx], prompt_rows(deep_context[i - 1], ops.shape(x)[0])], axis=1)
                 x = self_attention_block(block, x, first_row_only=i == len(blocks) - 1)
             features = encoder.layer_norm(x)  # the class token's, which the pooler takes
         features = self.vision_projection(features)
         return features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape, context_shape=None, deep_context_shape=None):
         self.normalization.compute_output_shape(input_shape)  # checks the image size
         return (input_shape[0], self.vision_projection.units)
 
@@ -101,3 +130,8 @@ class CLIPImageEncoder(keras.layers.Layer):
             if isinstance(config[key], dict):
                 config[key] = keras.layers.deserialize(config[key])
         return super().from_config(config)
+
+
+def prompt_rows(prompt, batch):
+    """`[M, D]` prompt vectors as `[batch, M, D]`, the same for every image."""
+    return ops.broadcast_to(prompt[None], (batch, *prompt.shape))

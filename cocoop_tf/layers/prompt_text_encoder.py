@@ -59,6 +59,10 @@ class PromptTextEncoder(keras.layers.Layer):
         class_token_ids: int `[C, L]` token ids of the class names. A NumPy
             array (a fixed class set) lets the efficient path sort classes
             by length and use static shapes; a tensor works too.
+        deep_context: optional `[J - 1, M, D]`, MaPLe's deep prompts: before
+            block `j` (1 <= j < J) the hidden states at the context positions
+            are replaced by `deep_context[j - 1]` (no position embedding is
+            added), for every group and class.
 
     Returns:
         Text features `[G, C, projection_dim]` (not normalised).
@@ -105,12 +109,24 @@ class PromptTextEncoder(keras.layers.Layer):
         self.mode = mode
         self.class_chunk_size = class_chunk_size
 
-    def call(self, context, class_token_ids):
+    def call(self, context, class_token_ids, deep_context=None):
         n_ctx = context.shape[-2]
         limit = self.text_encoder.max_sequence_length - n_ctx
+        if deep_context is not None:
+            deep_context = ops.cast(deep_context, self.compute_dtype)
+            if len(deep_context.shape) != 3 or deep_context.shape[1] != n_ctx:
+                raise ValueError(
+                    f"Expected deep prompts of shape [depth - 1, {n_ctx}, width] (as many vectors "
+                    f"as the context), got shape {tuple(deep_context.shape)}."
+                )
+            if deep_context.shape[0] >= len(self.text_encoder.encoder_layers):
+                raise ValueError(
+                    f"{deep_context.shape[0]} deep prompts for a text tower of "
+                    f"{len(self.text_encoder.encoder_layers)} blocks: at most one per block after the first."
+                )
         if self.mode == "reference":
             token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
-            return self._encode_full(context, token_ids)
+            return self._encode_full(context, token_ids, deep_context)
         # Keras hands `call` tensors, also for a NumPy class set: recover its
         # value (a constant) so that classes can be sorted and chunked.
         class_token_ids = _fixed_value(class_token_ids)
@@ -120,8 +136,8 @@ class PromptTextEncoder(keras.layers.Layer):
             token_ids = ops.convert_to_tensor(class_token_ids, "int32")[:, :limit]
             token_ids = token_ids[:, : ops.max(ops.argmax(token_ids, axis=-1)) + 1]
             if len(context.shape) == 4:  # a context per class: as many classes as it has
-                return self._encode(context, token_ids)
-            return self._encode_in_chunks(context, token_ids)
+                return self._encode(context, token_ids, deep=deep_context)
+            return self._encode_in_chunks(context, token_ids, deep_context)
         token_ids = class_token_ids[:, :limit].astype("int32")
         lengths = np.argmax(token_ids, axis=-1) + 1
         order = np.argsort(lengths, kind="stable")
@@ -130,13 +146,13 @@ class PromptTextEncoder(keras.layers.Layer):
         for start in range(0, len(order), chunk):
             classes = order[start : start + chunk]
             ids = token_ids[classes, : lengths[classes].max()]
-            features.append(self._encode(context, ids, classes))
+            features.append(self._encode(context, ids, classes, deep_context))
         features = ops.concatenate(features, axis=1)
         if np.any(order != np.arange(len(order))):
             features = ops.take(features, np.argsort(order), axis=1)
         return features
 
-    def compute_output_shape(self, context_shape, class_token_ids_shape=None):
+    def compute_output_shape(self, context_shape, class_token_ids_shape=None, deep_context_shape=None):
         if len(context_shape) not in (3, 4):
             raise ValueError(
                 "Expected a context of shape [groups, n_ctx, width] or [groups, "
@@ -149,7 +165,7 @@ class PromptTextEncoder(keras.layers.Layer):
             num_classes = context_shape[1]  # a context per class: as many classes as it has
         return (context_shape[0], num_classes, self.text_projection.units)
 
-    def _encode_in_chunks(self, context, token_ids):
+    def _encode_in_chunks(self, context, token_ids, deep=None):
         """A run-time class set in a loop over chunks of classes, so memory is bounded for any C.
 
         The chunk size follows the token budget at run time (batch and name
@@ -168,7 +184,7 @@ class PromptTextEncoder(keras.layers.Layer):
         width = self.text_projection.kernel.shape[-1]
 
         def add_chunk(i, features):
-            encoded = self._encode_shared_prefix(context, chunks[i])  # [G, chunk, width]
+            encoded = self._encode_shared_prefix(context, chunks[i], deep)  # [G, chunk, width]
             here = ops.cast(ops.equal(ops.arange(count), i), encoded.dtype)
             # The reshape keeps the loop variable's static shape from one iteration to the next.
             return ops.reshape(features + here[:, None, None, None] * encoded[None], ops.shape(features))
@@ -179,14 +195,14 @@ class PromptTextEncoder(keras.layers.Layer):
         features = ops.reshape(ops.transpose(features, (1, 0, 2, 3)), (groups, count * chunk, width))
         return features[:, :num_classes]
 
-    def _encode(self, context, token_ids, classes=None):
+    def _encode(self, context, token_ids, classes=None, deep=None):
         if len(context.shape) == 4:  # one context per class: no shared prefix
             if classes is not None:
                 context = ops.take(context, classes, axis=1)
-            return self._encode_full(context, token_ids)
+            return self._encode_full(context, token_ids, deep)
         if isinstance(token_ids, np.ndarray) and self.mode == "efficient":
-            return self._encode_packed(context, token_ids)
-        return self._encode_shared_prefix(context, token_ids)
+            return self._encode_packed(context, token_ids, deep)
+        return self._encode_shared_prefix(context, token_ids, deep)
 
     def _chunk_size(self, context, length):
         if self.class_chunk_size:
@@ -206,7 +222,7 @@ class PromptTextEncoder(keras.layers.Layer):
         hidden = ops.take_along_axis(hidden, ops.reshape(eos, (-1, 1, 1)), axis=1)[:, 0]
         return self.text_projection(self.text_encoder.layer_norm(hidden))
 
-    def _encode_full(self, context, token_ids):
+    def _encode_full(self, context, token_ids, deep=None):
         """Every (group, class) prompt as one full sequence."""
         n_ctx = context.shape[-2]
         num_classes, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1] + n_ctx
@@ -227,13 +243,16 @@ class PromptTextEncoder(keras.layers.Layer):
         )
         x = ops.reshape(prompts, (-1, length, width)) + self._positions(0, length)
         causal = ops.tril(ops.ones((length, length), "bool"))[None]
-        for block in self.text_encoder.encoder_layers:
+        for i, block in enumerate(self.text_encoder.encoder_layers):
+            prompt = deep_prompt(deep, i, ops.shape(x)[0])
+            if prompt is not None:
+                x = ops.concatenate([x[:, :1], prompt, x[:, 1 + n_ctx :]], axis=1)
             x = transformer_block(block, x, causal)
         # The end token has the largest id; the context shifts it by M places.
         eos = ops.tile(ops.argmax(token_ids, axis=-1) + n_ctx, (groups,))
         return ops.reshape(self._project(x, eos), (groups, num_classes, -1))
 
-    def _encode_shared_prefix(self, context, token_ids):
+    def _encode_shared_prefix(self, context, token_ids, deep=None):
         """Start token and context once per group; class tokens attend to them."""
         groups = ops.shape(context)[0]
         num_classes = ops.shape(token_ids)[0]
@@ -251,6 +270,7 @@ class PromptTextEncoder(keras.layers.Layer):
         )
         blocks = self.text_encoder.encoder_layers
         for i, block in enumerate(blocks):
+            prefix = _with_deep_prompt(deep, i, prefix, groups)
             prefix, names = shared_prefix_block(
                 block, prefix, names, groups, num_classes, update_prefix=i < len(blocks) - 1
             )
@@ -258,7 +278,7 @@ class PromptTextEncoder(keras.layers.Layer):
         eos = ops.tile(ops.argmax(token_ids, axis=-1) - 1, (groups,))
         return ops.reshape(self._project(names, eos), (groups, num_classes, -1))
 
-    def _encode_packed(self, context, token_ids):
+    def _encode_packed(self, context, token_ids, deep=None):
         """A fixed class set: start token and context once per group, name tokens packed.
 
         The name tokens of all classes run through the projections and MLPs
@@ -281,6 +301,7 @@ class PromptTextEncoder(keras.layers.Layer):
         )
         blocks = self.text_encoder.encoder_layers
         for i, block in enumerate(blocks):
+            prefix = _with_deep_prompt(deep, i, prefix, groups)
             prefix, names = packed_block(
                 block, prefix, names, layout, groups, first=i == 0, last=i == len(blocks) - 1
             )
@@ -327,6 +348,26 @@ def _fixed_value(token_ids):
         return token_ids
     value = tf.get_static_value(token_ids)
     return token_ids if value is None else np.asarray(value)
+
+
+def deep_prompt(deep_context, block_index, rows):
+    """MaPLe's prompt that enters block `block_index`, `[rows, M, D]`, or None for none.
+
+    Args:
+        deep_context: `[J - 1, M, D]` or None; block `j` (1 <= j < J) takes
+            `deep_context[j - 1]`.
+        block_index: the block's index from 0.
+        rows: sequences (or groups) that take the same prompt.
+    """
+    if deep_context is None or not 1 <= block_index <= deep_context.shape[0]:
+        return None
+    return ops.broadcast_to(deep_context[block_index - 1][None], (rows, *deep_context.shape[1:]))
+
+
+def _with_deep_prompt(deep_context, block_index, prefix, groups):
+    """The shared prefix `[SOS][context]`, its context replaced by the block's deep prompt."""
+    prompt = deep_prompt(deep_context, block_index, groups)
+    return prefix if prompt is None else ops.concatenate([prefix[:, :1], prompt], axis=1)
 
 
 def shared_prefix_block(block, prefix, names, groups, num_classes, update_prefix=True):

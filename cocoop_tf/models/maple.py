@@ -1,0 +1,138 @@
+"""MaPLe: coupled language and vision prompts in the first J blocks of both towers."""
+
+from cocoop_tf.clip.backbone import word_embeddings
+from cocoop_tf.clip.prompts import clean_classnames
+from cocoop_tf.clip.prompts import tokenize_prompts
+from cocoop_tf.clip.tokenizer import encode
+from cocoop_tf.layers.multimodal_prompt_learner import MultiModalPromptLearner
+from cocoop_tf.models.clip_classifier import CLIPClassifier
+from cocoop_tf.models.clip_classifier import l2_normalize
+from cocoop_tf.models.registry import register_method
+
+
+@register_method
+class MaPLe(CLIPClassifier):
+    """MaPLe (Khattak et al., CVPR 2023): multi-modal prompt learning.
+
+    The prompt of class `i` is `[SOS][v_1..v_M][fixed words][name tokens .][EOS]`:
+    with `ctx_init` "a photo of a" and `M = 2`, the context starts as the
+    embeddings of "a photo" and "of a" stays as words, as in the official
+    implementation. Blocks 1..J-1 of the text tower take their own learned
+    prompts at the context positions (`MultiModalPromptLearner`), and the
+    vision tower takes the coupled vision prompts: appended to the patch
+    sequence before its first block and replaced before each of blocks
+    1..J-1. The backbone stays frozen. Prompts do not depend on the image:
+    class features are computed once per batch (`class_features`), the
+    image features depend on the learned prompts (`encode_images`).
+
+    Takes RGB images as pixel values 0..255, `[B, S, S, 3]`; returns logits
+    `[B, num_classes]`.
+
+    Args:
+        clip: a frozen `keras_hub.models.CLIPBackbone` (see `load_clip`).
+        classnames: list of class names; underscores become spaces.
+        n_ctx: prompt vectors per block, M (the paper's 2).
+        ctx_init: words whose first `n_ctx` tokens start the context; the
+            other words stay in the prompt as text. None: N(0, 0.02) vectors.
+        prompt_depth: blocks of each tower that take prompts, J (the
+            paper's 9; 1 for prompts in the first block only).
+        **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    clip = cocoop_tf.load_clip("random_tiny")
+    model = cocoop_tf.MaPLe(clip, ["cat", "dog"], prompt_depth=2)
+    logits = model(np.zeros((2, 32, 32, 3), "float32"))  # [2, 2]
+    ```
+    """
+
+    method = "maple"
+    display_name = "MaPLe"
+    runs_by_default = False
+    # The official base-to-new recipe (vit_b16_c2_ep5_batch4_2ctx).
+    paper_settings = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "n_ctx": 2, "prompt_depth": 9}
+    run_settings = ("n_ctx", "ctx_init", "prompt_depth")
+
+    def __init__(self, clip, classnames, n_ctx=2, ctx_init="a photo of a", prompt_depth=9, **kwargs):
+        super().__init__(clip, **kwargs)
+        blocks = min(len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers))
+        if not 1 <= prompt_depth <= blocks:
+            raise ValueError(f"prompt_depth must be between 1 and {blocks} (the towers' blocks), got {prompt_depth}.")
+        self.n_ctx = int(n_ctx)
+        self.ctx_init = " ".join(ctx_init.split()) if ctx_init else None
+        self.prompt_depth = int(prompt_depth)
+        self.fixed_words = fixed_words(self.ctx_init, self.n_ctx) if self.ctx_init else ""
+        self.prompt_learner = MultiModalPromptLearner(
+            self.n_ctx,
+            clip.text_encoder.embedding_dim,
+            clip.vision_encoder.hidden_dim,
+            depth=self.prompt_depth,
+            dtype=clip.dtype_policy,
+            name="prompt_learner",
+        )
+        if self.ctx_init:
+            self.prompt_learner.set_context(word_embeddings(clip, self.ctx_init)[: self.n_ctx])
+        self.set_classnames(classnames)
+
+    # --- classes ---------------------------------------------------------------
+
+    def tokenize_classnames(self, classnames):
+        """The `class_token_ids` this model (and its export) takes: `"{fixed words} {name}."`."""
+        names = clean_classnames(classnames)
+        context_length = self.clip.text_encoder.max_sequence_length
+        texts = [self.export_description()["prompt"].format(name) for name in names]
+        return tokenize_prompts(texts, names, context_length, self.n_ctx)
+
+    def export_description(self):
+        prompt = f"{self.fixed_words} {{}}." if self.fixed_words else "{}."
+        return {"prompt": prompt, "n_ctx": self.n_ctx, "class_specific": False}
+
+    # --- features and logits -----------------------------------------------------
+
+    def encode_images(self, images):
+        """Normalised image features `[B, projection_dim]`, with the learned vision prompts."""
+        _, _, vision, deep_vision = self.prompt_learner()
+        return self.image_encoder(images, vision, deep_vision)
+
+    def class_features(self, token_ids):
+        """Normalised class features `[C, projection_dim]` of class token ids `[C, L]`."""
+        context, deep, _, _ = self.prompt_learner()
+        return l2_normalize(self.prompt_text_encoder(context, token_ids, deep)[0])
+
+    def classify(self, images, token_ids):
+        """Logits `[B, C]` for images and any class set's token ids.
+
+        Args:
+            images: RGB pixel values 0..255, `[B, S, S, 3]`.
+            token_ids: int `[C, L]` from `tokenize_classnames`.
+        """
+        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, "prompt_depth": self.prompt_depth})
+        return config
+
+
+def fixed_words(ctx_init, n_ctx):
+    """The words of `ctx_init` after its first `n_ctx` tokens, which stay text in MaPLe's prompt.
+
+    Raises:
+        ValueError: `ctx_init` has fewer tokens than `n_ctx`, or its
+            `n_ctx`-th token ends inside a word.
+    """
+    words = ctx_init.split()
+    tokens = 0
+    for i, word in enumerate(words):
+        if tokens == n_ctx:
+            return " ".join(words[i:])
+        tokens += len(encode(word))
+        if tokens > n_ctx:
+            break
+    if tokens == n_ctx:
+        return ""
+    raise ValueError(
+        f"ctx_init {ctx_init!r} cannot start {n_ctx} context vectors: its first {n_ctx} tokens "
+        f"must be whole words ({len(encode(ctx_init))} tokens in all). Give n_ctx up to its "
+        "number of words, or ctx_init=None for random context vectors."
+    )
