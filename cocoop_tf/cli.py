@@ -205,7 +205,9 @@ def _add_training_options(parser):
         "--batch-size", type=int,
         help=f"global training batch size (default: each method's paper's: {_paper_defaults('batch_size')})",
     )
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
+    parser.add_argument(
+        "--lr", type=float, help=f"peak learning rate (default: each method's paper's: {_paper_defaults('lr')})"
+    )
     parser.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
     parser.add_argument("--weight-decay", type=float, help="L2 coefficient (default: 5e-4)")
     parser.add_argument(
@@ -213,11 +215,17 @@ def _add_training_options(parser):
         help="constant warm-up epochs (default: 1; 0 for no warm-up, e.g. with --epochs 1)",
     )
     parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
-    parser.add_argument("--n-ctx", type=int, help="context vectors (default: ctx-init's words, 4)")
+    parser.add_argument(
+        "--n-ctx", type=int,
+        help="context vectors (default: ctx-init's words, 4; 2 for maple, whose other words stay text)",
+    )
     parser.add_argument(
         "--ctx-init", help='initial context words (default: "a photo of a"; "none": random)'
     )
     parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
+    parser.add_argument(
+        "--prompt-depth", type=int, help="MaPLe's J: blocks of each tower that take prompts (default: 9)"
+    )
     parser.add_argument(
         "--kg-weight", type=float, help="KgCoOp's weight of the knowledge-guided term (default: 8.0)"
     )

@@ -86,16 +86,20 @@ def cases(trained):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, clip, trained):
-    """SavedModels of the trained CoCoOp, a CoOp, a KgCoOp and a zero-shot CLIP."""
+    """SavedModels of the trained CoCoOp, a CoOp, a KgCoOp, a MaPLe and a zero-shot CLIP."""
     root = tmp_path_factory.mktemp("serving")
     coop = cocoop_tf.CoOp(clip, ["a", "b"])
     coop.prompt_learner.set_context(np.random.default_rng(2).normal(0, 0.02, (4, 64)))
     kgcoop = cocoop_tf.KgCoOp(clip, ["a", "b"], template="a photo of a {}, a type of pet.")
     kgcoop.prompt_learner.set_context(np.random.default_rng(3).normal(0, 0.02, (4, 64)))
+    maple = cocoop_tf.MaPLe(clip, ["a", "b"], prompt_depth=2)
+    for variable in maple.trainable_variables:  # prompts that change both towers' features
+        variable.assign(np.asarray(variable) + np.random.default_rng(4).normal(0, 0.1, variable.shape))
     models = {
         "cocoop": trained[0],
         "coop": coop,
         "kgcoop": kgcoop,
+        "maple": maple,
         "zeroshot": cocoop_tf.ZeroShotCLIP(clip, ["a"], template="a photo of a {}, a type of pet."),
     }
     return {name: (model, export_saved_model(model, root / name)) for name, model in models.items()}
@@ -240,11 +244,12 @@ def tensorflow_only(tmp_path_factory, exports, cases):
     for name, token_ids in _bad_token_ids(cocoop).items():
         run.add(name, path, "serving_default", images=cases[0][0], token_ids=token_ids)
     images = cases[1][0]
-    for name in ("coop", "kgcoop", "zeroshot"):
+    for name in ("coop", "kgcoop", "maple", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
         run.add(name, path, "serving_default", images=images, token_ids=token_ids)
         run.add(f"{name} text", path, "text_features", token_ids=token_ids)
+        run.add(f"{name} image", path, "image_features", images=images)
     return run.run(tmp_path_factory.mktemp("tensorflow_only"))
 
 
@@ -269,21 +274,26 @@ def test_saved_model_matches_keras_on_new_classes_and_batch_sizes(tensorflow_onl
     assert max_relative_difference(outputs["served like TF Serving/logits"], cases[0][2]) <= 1e-4
 
 
-def test_coop_kgcoop_and_zero_shot_saved_models_serve_cacheable_class_features(tensorflow_only, exports, cases):
+def test_coop_kgcoop_maple_and_zero_shot_saved_models_serve_cacheable_class_features(tensorflow_only, exports, cases):
     outputs, errors, _ = tensorflow_only
     images = cases[1][0]
-    for name in ("coop", "kgcoop", "zeroshot"):
+    for name in ("coop", "kgcoop", "maple", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
         expected = np.asarray(model.classify(images, token_ids if name != "zeroshot" else token_ids[:, None]))
-        assert max_relative_difference(outputs[f"{name}/logits"], expected) <= 1e-4
+        assert max_relative_difference(outputs[f"{name}/logits"], expected) <= 1e-4, name
+        # Image features are the model's own (MaPLe's carry its vision prompts).
+        image_features = outputs[f"{name} image/image_features"]
+        assert max_relative_difference(image_features, model.encode_images(images)) <= 1e-4, name
         # A client that caches text_features and calls classify_features gets the same logits.
         classify = tf.saved_model.load(path).signatures["classify_features"]
         logits = classify(
-            image_features=model.encode_images(images),
+            image_features=tf.constant(image_features),
             text_features=tf.constant(outputs[f"{name} text/text_features"]),
         )["logits"]
-        assert max_relative_difference(logits, expected) <= 1e-4
+        assert max_relative_difference(logits, expected) <= 1e-4, name
+    maple = exports["maple"][0]
+    assert not np.allclose(maple.encode_images(images), maple.image_encoder(images), atol=1e-3)  # the prompts count
 
 
 def test_saved_model_rejects_bad_images(tensorflow_only):
@@ -397,9 +407,10 @@ def test_tflite_fails_on_bad_input_then_serves_again(tflite_models, trained, cas
     assert max_relative_difference(serve(images=images, token_ids=token_ids)["logits"], expected) <= 1e-4
 
 
-def test_kgcoop_tflite_serves_new_classes(tmp_path, exports, cases):
-    model = exports["kgcoop"][0]
-    path = export_tflite(model, tmp_path / "kgcoop.tflite")
+@pytest.mark.parametrize("name", ["kgcoop", "maple"])
+def test_kgcoop_and_maple_tflite_serve_new_classes(tmp_path, exports, cases, name):
+    model = exports[name][0]
+    path = export_tflite(model, tmp_path / f"{name}.tflite")
     images = cases[1][0]
     token_ids = serving_token_ids(model, NEW_CASES[1][1])
     logits = _runner(path)(images=images, token_ids=token_ids)["logits"]

@@ -63,12 +63,12 @@ def registered():
 
 
 def test_registry_lists_the_methods_in_order():
-    assert method_names() == ["zeroshot", "coop", "cocoop", "kgcoop"]
-    assert method_names(learns=True) == ["coop", "cocoop", "kgcoop"]
+    assert method_names() == ["zeroshot", "coop", "cocoop", "kgcoop", "maple"]
+    assert method_names(learns=True) == ["coop", "cocoop", "kgcoop", "maple"]
     # Run when none are named: the CoCoOp paper's methods.
     assert method_names(by_default=True) == ["zeroshot", "coop", "cocoop"] == RunConfig(backbone="x").methods
     assert get_method("CoCoOp") is get_method("cocoop") is cocoop_tf.CoCoOp
-    with pytest.raises(ValueError, match="Unknown method 'kgcop'; the methods are zeroshot, coop, cocoop, kgcoop"):
+    with pytest.raises(ValueError, match="Unknown method 'kgcop'; the methods are zeroshot, coop, cocoop, kgcoop, maple"):
         get_method("kgcop")
     with pytest.raises(ValueError, match="taken by CoOp"):
         register_method(type("CoOp2", (cocoop_tf.CoOp,), {"method": "coop"}))

@@ -201,15 +201,20 @@ def test_base2new_on_every_dataset_in_its_real_layout(data_root, tmp_path, name)
     assert "| CoCoOp (paper) | " + " | ".join(f"{paper[k]:.2f}" for k in ("base", "new", "h")) in check_reports(tmp_path, results)
 
 
-def test_kgcoop_base2new_guided_by_the_dataset_template(data_root, tmp_path):
+def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_root, tmp_path):
+    methods = ["zeroshot", "coop", "cocoop", "kgcoop", "maple"]
+    config = RunConfig(**TINY, methods=methods, prompt_depth=2, data_root=data_root)
     results = run_protocol(
-        "base2new", RunConfig(**TINY, methods=["zeroshot", "kgcoop"], data_root=data_root), tmp_path,
-        source="oxford_pets", subset="base", evaluations=[("oxford_pets", "base"), ("oxford_pets", "new")],
-        log=lambda *a: None,
+        "base2new", config, tmp_path, source="oxford_pets", subset="base",
+        evaluations=[("oxford_pets", "base"), ("oxford_pets", "new")], log=lambda *a: None,
     )
-    assert [r["method"] for r in results["runs"]] == ["zeroshot", "kgcoop"]
+    assert [r["method"] for r in results["runs"]] == methods
     recount(tmp_path, results)
-    assert "| KgCoOp |" in check_reports(tmp_path, results)
+    report = check_reports(tmp_path, results)
+    assert "| KgCoOp |" in report and "| MaPLe |" in report
+    assert "MaPLe: 1 shots, 2 epochs, batch size 2, lr 0.0035, context 'a photo of a' (2 vectors)" in report
+    _, metadata = read_prompt(tmp_path / "runs" / "maple_seed1" / "prompt.safetensors")
+    assert (metadata["config"]["n_ctx"], metadata["config"]["prompt_depth"]) == (2, 2)
     prompt = tmp_path / "runs" / "kgcoop_seed1" / "prompt.safetensors"
     _, metadata = read_prompt(prompt)
     assert metadata["config"]["template"] == "a photo of a {}, a type of pet."
@@ -431,6 +436,14 @@ def test_each_method_trains_with_its_papers_settings_unless_told():
     assert [(paper.for_method(m).epochs, paper.for_method(m).batch_size) for m in paper.methods] == [(10, 1), (100, 128)]
     given = RunConfig(backbone="random_tiny", methods=["coop", "kgcoop"], epochs=3)
     assert [(given.for_method(m).epochs, given.for_method(m).batch_size) for m in given.methods] == [(3, 1), (3, 128)]
+    maple = RunConfig(backbone="random_tiny", methods=["coop", "maple"]).for_method("maple")
+    assert (maple.epochs, maple.batch_size, maple.lr, maple.n_ctx, maple.prompt_depth) == (5, 4, 0.0035, 2, 9)
+    assert RunConfig(backbone="random_tiny", methods=["coop"]).for_method("coop").lr == 0.002
+    with pytest.raises(ValueError, match="set n_ctx to 4, or ctx_init to none"):
+        RunConfig(backbone="random_tiny", methods=["coop", "maple"], n_ctx=2)  # CoOp learns every word
+    assert RunConfig(backbone="random_tiny", methods=["maple"], n_ctx=3).for_method("maple").n_ctx == 3
+    with pytest.raises(ValueError, match="cannot start 5 context vectors"):
+        RunConfig(backbone="random_tiny", methods=["maple"], n_ctx=5)
     results = {"protocol": "base2new", "runs": [{"method": "kgcoop", "seed": 1}], "config": paper.to_dict()}
     assert "CoOp: 16 shots, 10 epochs, batch size 1, lr 0.002, context 'a photo of a'; KgCoOp: 16 shots, 100 epochs, batch size 128" in _settings_lines(results)[0]
 

@@ -130,7 +130,9 @@ def serving_token_ids(model, classnames):
 
     `model.tokenize_classnames(names)`: for CoOp and CoCoOp
     `cocoop_tf.tokenize_classnames(names)`, the ids of `"{name}."`; for
-    zero-shot CLIP the ids of its template filled with each name. Rows are `[SOS] tokens [EOS] 0...`, int32 `[C, context_length]`.
+    MaPLe those of `"of a {name}."` (the context words it keeps as text);
+    for zero-shot CLIP the ids of its template filled with each name. Rows
+    are `[SOS] tokens [EOS] 0...`, int32 `[C, context_length]`.
 
     Args:
         model: the exported model.

@@ -101,6 +101,14 @@ class CLIPClassifier(keras.Model):
         )
 
     @classmethod
+    def check_run_settings(cls, settings):
+        """Raises ValueError naming a run setting this method cannot take (before a run starts).
+
+        Args:
+            settings: the method's run settings (`RunConfig.for_method`'s, as a dict).
+        """
+
+    @classmethod
     def from_run_config(cls, clip, classnames, settings):
         """The model a run builds: its constructor given its `run_settings`.
 

@@ -53,6 +53,11 @@ class MaPLe(CLIPClassifier):
     paper_settings = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "n_ctx": 2, "prompt_depth": 9}
     run_settings = ("n_ctx", "ctx_init", "prompt_depth")
 
+    @classmethod
+    def check_run_settings(cls, settings):
+        if settings.get("ctx_init"):
+            fixed_words(settings["ctx_init"], settings["n_ctx"])
+
     def __init__(self, clip, classnames, n_ctx=2, ctx_init="a photo of a", prompt_depth=9, **kwargs):
         super().__init__(clip, **kwargs)
         blocks = min(len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers))

@@ -25,6 +25,19 @@ class PromptLearningModel(CLIPClassifier):
 
     run_settings = ("n_ctx", "ctx_init")
 
+    @classmethod
+    def check_run_settings(cls, settings):
+        ctx_init, n_ctx = settings.get("ctx_init"), settings.get("n_ctx")
+        if ctx_init:
+            words = len(ctx_init.split())
+            if n_ctx not in (None, words):
+                raise ValueError(
+                    f"ctx_init {ctx_init!r} has {words} words but n_ctx is {n_ctx}; "
+                    f"set n_ctx to {words}, or ctx_init to none for random context vectors."
+                )
+        elif not n_ctx:
+            raise ValueError("Without ctx_init, give the number of context vectors n_ctx >= 1.")
+
     def __init__(self, clip, classnames, n_ctx=4, ctx_init="a photo of a", class_specific=False, **kwargs):
         super().__init__(clip, **kwargs)
         if ctx_init:

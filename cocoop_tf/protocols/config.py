@@ -9,7 +9,8 @@ from cocoop_tf.models import get_method
 from cocoop_tf.models import method_names
 
 # The settings a method's paper may set (`paper_settings`), and the CoCoOp paper's values.
-METHOD_DEFAULTS = {"epochs": 10, "batch_size": 1}
+# n_ctx None: as many context vectors as ctx_init has words.
+METHOD_DEFAULTS = {"epochs": 10, "batch_size": 1, "lr": 0.002, "n_ctx": None}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
 
@@ -25,24 +26,28 @@ class RunConfig:
         backbone: CLIP source for `load_clip` (preset, folder, file, or a
             built-in name such as "random_tiny").
         methods: registered method names (`cocoop_tf.models.method_names()`:
-            "zeroshot", "coop", "cocoop", "kgcoop"); default the CoCoOp
-            paper's three.
+            "zeroshot", "coop", "cocoop", "kgcoop", "maple"); default the
+            CoCoOp paper's three.
         seeds: few-shot sampling and training seeds; results are averaged.
         shots: training images per class.
         epochs: training epochs; the last epoch's model is evaluated. None:
             each method's paper setting (`paper_settings`; 10 for CoOp and
-            CoCoOp, as the CoCoOp paper, 100 for KgCoOp).
+            CoCoOp, as the CoCoOp paper, 100 for KgCoOp, 5 for MaPLe).
         batch_size: global training batch size (split across replicas).
             None: each method's paper setting (1 for CoOp and CoCoOp, 128
-            for KgCoOp).
+            for KgCoOp, 4 for MaPLe).
         eval_batch_size: evaluation batch size.
-        lr: peak learning rate of SGD.
+        lr: peak learning rate of SGD. None: each method's paper setting
+            (0.002; 0.0035 for MaPLe).
         momentum: SGD momentum.
         weight_decay: L2 coefficient (added to the gradient, as PyTorch).
         warmup_epochs: epochs at the constant warm-up learning rate.
         warmup_lr: warm-up learning rate.
-        n_ctx: number of context vectors (must equal ctx_init's word count).
+        n_ctx: number of context vectors. None: ctx_init's word count (MaPLe:
+            2, the first two words; the others stay text). CoOp, CoCoOp and
+            KgCoOp need it to equal ctx_init's word count.
         ctx_init: initial context words, or None for random N(0, 0.02).
+        prompt_depth: MaPLe's J, the blocks of each tower that take prompts.
         reduction: CoCoOp's Meta-Net hidden width is projection_dim // reduction.
         kg_weight: KgCoOp's weight of the knowledge-guided term (lambda).
         class_specific: CoOp with one context per class (cannot move to new
@@ -73,13 +78,14 @@ class RunConfig:
     epochs: int = None
     batch_size: int = None
     eval_batch_size: int = 100
-    lr: float = 0.002
+    lr: float = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    n_ctx: int = 4
+    n_ctx: int = None
     ctx_init: str = "a photo of a"
+    prompt_depth: int = 9
     reduction: int = 16
     kg_weight: float = 8.0
     class_specific: bool = False
@@ -109,7 +115,7 @@ class RunConfig:
             raise ValueError(f"Methods repeat: {self.methods}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"Give one or more distinct seeds, got {self.seeds}.")
-        for name in ("shots", "epochs", "batch_size", "eval_batch_size", "reduction"):
+        for name in ("shots", "epochs", "batch_size", "eval_batch_size", "reduction", "prompt_depth"):
             value = getattr(self, name)
             if value is None and name in METHOD_DEFAULTS:
                 continue
@@ -125,16 +131,12 @@ class RunConfig:
                 f"at the learning rate: pass --warmup-epochs 0 (warmup_epochs: 0 in a config "
                 f"file) to train {self.epochs} epoch(s) on the cosine schedule alone, or more --epochs."
             )
-        if self.ctx_init:
-            words = len(self.ctx_init.split())
-            if self.n_ctx not in (None, words):
-                raise ValueError(
-                    f"ctx_init {self.ctx_init!r} has {words} words but n_ctx is {self.n_ctx}; "
-                    f"set n_ctx to {words}, or ctx_init to none for random context vectors."
-                )
-            self.n_ctx = words
-        elif not self.n_ctx or self.n_ctx < 1:
-            raise ValueError("Without ctx_init, give the number of context vectors n_ctx >= 1.")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr <= 0):
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}.")
+        if self.n_ctx is not None and (isinstance(self.n_ctx, bool) or not isinstance(self.n_ctx, int) or self.n_ctx < 1):
+            raise ValueError(f"n_ctx must be an integer >= 1, got {self.n_ctx!r}.")
+        for method in self.methods:
+            get_method(method).check_run_settings(method_settings(self.to_dict(), method))
         self.crop_scale = list(check_crop_scale(self.crop_scale))
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
@@ -152,12 +154,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def for_method(self, method):
-        """This config with the method's paper settings where it leaves them None.
+        """This config for the method alone, its paper's settings where this leaves them None.
 
         Args:
             method: a registered method name.
         """
-        return RunConfig(**method_settings(self.to_dict(), method))
+        return RunConfig(**{**method_settings(self.to_dict(), method), "methods": [method]})
 
     def differences(self, other):
         """The settings, by name, whose values differ from `other` (a dict)."""

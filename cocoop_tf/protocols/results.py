@@ -149,9 +149,16 @@ def markdown_table(results):
 
 
 def _training_line(config):
+    ctx_init, n_ctx = config["ctx_init"], config["n_ctx"]
+    if not ctx_init:
+        context = f"{n_ctx} random vectors"
+    elif n_ctx in (None, len(ctx_init.split())):
+        context = repr(ctx_init)
+    else:  # MaPLe: the first n_ctx words learned, the others text
+        context = f"{ctx_init!r} ({n_ctx} vectors)"
     return (
         f"{config['shots']} shots, {config['epochs']} epochs, batch size {config['batch_size']}, "
-        f"lr {config['lr']:g}, context {config['ctx_init'] or str(config['n_ctx']) + ' random vectors'!r}"
+        f"lr {config['lr']:g}, context {context}"
     )
 
 

@@ -35,6 +35,7 @@ def build_model(method, clip, classnames, config, templates):
         templates: the prompt templates of the dataset (zero-shot CLIP's
             `template`), unless the config sets its own.
     """
+    config = config.for_method(method)  # its paper's settings where the run leaves them unset
     settings = {**config.to_dict(), "template": config.templates or templates}
     return get_method(method).from_run_config(clip, classnames, settings)
 
