@@ -30,8 +30,9 @@ the requested threads.
 
 `--quick`: C = 50, B = 4 training and C = 1000, B = 32 evaluation only.
 `--bfloat16`: also the efficient path under the "mixed_bfloat16" policy.
-`--methods` (`--methods-only`): also (only) the training step of CoOp, CoCoOp
-and KgCoOp at C = 50, B = 4.
+`--methods` (`--methods-only`): also (only) the training step of CoOp, CoCoOp,
+KgCoOp and MaPLe at C = 50, B = 4 (MaPLe with the paper's J = 9 on the full
+model; on the text model, whose vision tower has one block, J = 1).
 """
 
 import argparse
@@ -96,7 +97,11 @@ def _model(backbone, path, num_classes, precision, method="cocoop"):
     keras.mixed_precision.set_global_policy(precision)
     clip = random_backbone(CLIPArchitecture(**BACKBONES[backbone]))
     clip.trainable = False
-    model = cocoop_tf.models.get_method(method)(clip, classnames(num_classes))
+    settings = {}
+    if method == "maple":  # the paper's depth where the towers have the blocks
+        arch = BACKBONES[backbone]
+        settings["prompt_depth"] = min(9, arch["vision_layers"], arch["text_layers"])
+    model = cocoop_tf.models.get_method(method)(clip, classnames(num_classes), **settings)
     text_mode, vision_mode, jit = PATHS[path]
     model.prompt_text_encoder.mode = text_mode
     model.image_encoder.mode = vision_mode
@@ -368,7 +373,7 @@ def bfloat16_table(args):
 
 def methods_table(args):
     print("\nTraining step per method, C = 50, B = 4, efficient path with XLA, float32 (s):\n")
-    methods = ("coop", "cocoop", "kgcoop")
+    methods = ("coop", "cocoop", "kgcoop", "maple")
     print("| model | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     for backbone in ("text", "full"):
@@ -382,7 +387,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="C=50, B=4 and C=1000, B=32 only")
     parser.add_argument("--bfloat16", action="store_true", help="also the efficient path in bfloat16")
-    parser.add_argument("--methods", action="store_true", help="also the step of each method (CoOp, KgCoOp)")
+    parser.add_argument("--methods", action="store_true", help="also the step of each method (CoOp, ..., MaPLe)")
     parser.add_argument("--methods-only", action="store_true", help="only the step of each method")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--time-limit-s", type=float, default=240.0)

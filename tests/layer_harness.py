@@ -51,7 +51,18 @@ class LayerCase:
 
 
 def _numpy(outputs):
-    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+    return keras.tree.map_structure(lambda t: None if t is None else keras.ops.convert_to_numpy(t), outputs)
+
+
+def _outputs(output):
+    """A layer's output tensors as a list: one, or the present ones of a tuple (None: absent)."""
+    return [o for o in (output if isinstance(output, tuple) else (output,)) if o is not None]
+
+
+def _shapes(shape):
+    """`compute_output_shape`'s answer as a list of shapes, as `_outputs` lists the tensors."""
+    several = isinstance(shape, tuple) and any(isinstance(s, tuple) for s in shape)
+    return [s for s in (shape if several else (shape,)) if s is not None]
 
 
 def _json_form(config):
@@ -71,7 +82,8 @@ def check_config_round_trip(case):
     for other in (restored, from_json):
         other(*case.inputs)  # builds it
         other.set_weights(layer.get_weights())
-        np.testing.assert_array_equal(_numpy(other(*case.inputs)), expected)
+        for got, want in zip(_outputs(_numpy(other(*case.inputs))), _outputs(expected), strict=True):
+            np.testing.assert_array_equal(got, want)
     assert _json_form(keras.layers.serialize(from_json)) == serialized
 
 
@@ -90,8 +102,9 @@ def check_eager_call(case):
     """Called on arrays, the output has the shape `compute_output_shape` gives for theirs."""
     layer, output = case.built()
     expected = layer.compute_output_shape(*[np.shape(a) for a in case.inputs])
-    assert output.shape == tuple(expected)
-    assert keras.backend.standardize_dtype(output.dtype) == layer.compute_dtype
+    for tensor, shape in zip(_outputs(output), _shapes(expected), strict=True):
+        assert tensor.shape == tuple(shape)
+        assert keras.backend.standardize_dtype(tensor.dtype) == layer.compute_dtype
 
 
 def check_mixed_precision(case, policy):
@@ -102,12 +115,13 @@ def check_mixed_precision(case, policy):
     layer.set_weights(reference.get_weights())
     output = layer(*case.inputs)
     assert layer.compute_dtype == keras.DTypePolicy(policy).compute_dtype
-    assert keras.backend.standardize_dtype(output.dtype) == layer.compute_dtype
+    assert all(keras.backend.standardize_dtype(o.dtype) == layer.compute_dtype for o in _outputs(output))
     floating = [v for v in layer.weights if "float" in keras.backend.standardize_dtype(v.dtype)]
     assert all(v.dtype == "float32" for v in floating), [
         (v.path, v.dtype) for v in floating
     ]
-    assert max_relative_difference(_numpy(output), expected) <= MIXED_TOLERANCE[policy]
+    for got, want in zip(_outputs(_numpy(output)), _outputs(expected), strict=True):
+        assert max_relative_difference(got, want) <= MIXED_TOLERANCE[policy]
 
 
 def functional_model(case):

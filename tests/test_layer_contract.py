@@ -21,6 +21,7 @@ import cocoop_tf
 from cocoop_tf.layers import CLIPImageEncoder
 from cocoop_tf.layers import CLIPImageNormalization
 from cocoop_tf.layers import MetaNet
+from cocoop_tf.layers import MultiModalPromptLearner
 from cocoop_tf.layers import PromptLearner
 from cocoop_tf.layers import PromptTextEncoder
 
@@ -79,6 +80,24 @@ CASES = [
     LayerCase(
         "prompt_learner_class_specific",
         lambda dtype: PromptLearner(3, 64, num_classes=2, dtype=dtype),
+    ),
+    LayerCase("multimodal_prompt_learner", lambda dtype: MultiModalPromptLearner(2, 64, 48, depth=3, dtype=dtype)),
+    LayerCase("multimodal_prompt_learner_shallow", lambda dtype: MultiModalPromptLearner(3, 64, 48, depth=1, dtype=dtype)),
+    LayerCase(
+        "prompt_text_encoder_deep_prompts",
+        text_encoder,
+        inputs=(CONTEXT[:1], TOKEN_IDS, RNG.normal(0, 0.1, (1, 4, 64)).astype("float32")),
+        symbolic_inputs=lambda: (keras.Input((4, 64), batch_size=1), TOKEN_IDS, keras.Input((4, 64), batch_size=1)),
+        symbolic_shape=(1, 3, 32),
+    ),
+    LayerCase(
+        "image_encoder_vision_prompts",
+        image_encoder,
+        inputs=(
+            RNG.uniform(0, 255, (2, 32, 32, 3)).astype("float32"),
+            RNG.normal(0, 0.1, (2, 64)).astype("float32"),
+            RNG.normal(0, 0.1, (1, 2, 64)).astype("float32"),
+        ),
     ),
     LayerCase(
         "prompt_text_encoder_fixed_classes",
@@ -173,7 +192,8 @@ def test_text_tower_shared_by_two_encoders_is_saved_and_loaded_once(saved_and_lo
 
 
 @pytest.mark.parametrize(
-    "layer", [*LAYERS, cocoop_tf.ZeroShotCLIP, cocoop_tf.CoOp, cocoop_tf.CoCoOp], ids=lambda layer: layer.__name__
+    "layer", [*LAYERS, cocoop_tf.ZeroShotCLIP, cocoop_tf.CoOp, cocoop_tf.CoCoOp, cocoop_tf.KgCoOp, cocoop_tf.MaPLe],
+    ids=lambda layer: layer.__name__,
 )
 def test_docstring_example_runs(layer):
     blocks = re.findall(r"```python\n(.*?)```", inspect.getdoc(layer), re.DOTALL)

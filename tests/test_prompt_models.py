@@ -110,9 +110,9 @@ def test_tokenize_classnames_layout_and_room_for_context():
         cocoop_tf.tokenize_classnames([long_name], n_ctx=5)
 
 
-@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp])
+@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp, cocoop_tf.MaPLe])
 def test_keras_file_round_trip_in_a_clean_process(clip, rng, tmp_path, cls):
-    model = cls(clip, NAMES)
+    model = cls(clip, NAMES, **({"prompt_depth": 2} if cls is cocoop_tf.MaPLe else {}))
     for variable in model.trainable_variables:
         variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
     images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")

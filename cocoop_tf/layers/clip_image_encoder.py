@@ -68,8 +68,8 @@ class CLIPImageEncoder(keras.layers.Layer):
         self.image_size = vision_encoder.image_shape[0]
         self.normalization = CLIPImageNormalization(self.image_size, dtype=self.dtype_policy, name="normalization")
 
-    def build(self, input_shape):
-        self.normalization.build(input_shape)
+    def build(self, images_shape, context_shape=None, deep_context_shape=None):
+        self.normalization.build(images_shape)
         self.built = True
 
     def call(self, images, context=None, deep_context=None):
@@ -104,9 +104,9 @@ class CLIPImageEncoder(keras.layers.Layer):
         features = self.vision_projection(features)
         return features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
-    def compute_output_shape(self, input_shape, context_shape=None, deep_context_shape=None):
-        self.normalization.compute_output_shape(input_shape)  # checks the image size
-        return (input_shape[0], self.vision_projection.units)
+    def compute_output_shape(self, images_shape, context_shape=None, deep_context_shape=None):
+        self.normalization.compute_output_shape(images_shape)  # checks the image size
+        return (images_shape[0], self.vision_projection.units)
 
     def get_config(self):
         config = super().get_config()

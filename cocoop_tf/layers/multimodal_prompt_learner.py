@@ -105,6 +105,15 @@ class MultiModalPromptLearner(keras.layers.Layer):
         deep_vision = deep_vision + ops.cast(self.deep_coupling_biases, dtype)[:, None]
         return ctx[None], deep, vision, deep_vision
 
+    def compute_output_shape(self, inputs_shape=None):
+        deep = self.depth - 1
+        return (
+            (1, self.n_ctx, self.text_width),
+            (deep, self.n_ctx, self.text_width) if deep else None,
+            (self.n_ctx, self.vision_width),
+            (deep, self.n_ctx, self.vision_width) if deep else None,
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
