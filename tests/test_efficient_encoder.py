@@ -172,7 +172,9 @@ def test_fixed_class_sets_are_sorted_and_chunked_inside_fit_and_eagerly(clip, rn
     encode = PromptTextEncoder._encode
     monkeypatch.setattr(
         PromptTextEncoder, "_encode",
-        lambda self, context, token_ids, classes=None: chunks.append(classes) or encode(self, context, token_ids, classes),
+        lambda self, context, token_ids, classes=None, deep=None: (
+            chunks.append(classes) or encode(self, context, token_ids, classes, deep)
+        ),
     )
     model = cocoop_tf.CoCoOp(clip, _classnames(7, rng), reduction=4)
     model.prompt_text_encoder.class_chunk_size = 3
@@ -204,3 +206,31 @@ def test_image_encoder_efficient_equals_reference(rng, batch):
     (fast, fast_grad), (slow, slow_grad) = results
     assert max_relative_difference(fast, slow) <= TOLERANCE
     assert max_relative_difference(fast_grad, slow_grad) <= TOLERANCE
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_deep_prompts_efficient_equals_reference(clip, rng, chunk):
+    """MaPLe's deep prompts: the packed, padded and full-length paths agree, values and gradients."""
+    from cocoop_tf.layers import PromptTextEncoder
+
+    names = _classnames(7, rng)
+    token_ids = cocoop_tf.tokenize_classnames(names, n_ctx=2)
+    context = tf.Variable(rng.normal(0, 0.1, (1, 2, 48)).astype("float32"))
+    deep = tf.Variable(rng.normal(0, 0.1, (2, 2, 48)).astype("float32"))  # blocks 1 and 2 of 3
+    encoder = PromptTextEncoder(clip.text_encoder, clip.text_projection, class_chunk_size=chunk)
+    weights = rng.normal(size=(1, 7, 20)).astype("float32")
+
+    def run(mode):
+        encoder.mode = mode
+        with tf.GradientTape() as tape:
+            features = encoder(context, token_ids, deep)
+            loss = tf.reduce_sum(features * weights)
+        return features, tape.gradient(loss, [context, deep])
+
+    slow, slow_grads = run("reference")
+    assert max_relative_difference(encoder(context, token_ids), slow) > 1e-2  # the deep prompts count
+    for mode in ("efficient", "padded"):
+        fast, fast_grads = run(mode)
+        assert max_relative_difference(fast, slow) <= TOLERANCE, mode
+        for a, b in zip(fast_grads, slow_grads):
+            assert max_relative_difference(a, b) <= TOLERANCE, mode
