@@ -60,9 +60,13 @@ class MaPLe(CLIPClassifier):
 
     def __init__(self, clip, classnames, n_ctx=2, ctx_init="a photo of a", prompt_depth=9, **kwargs):
         super().__init__(clip, **kwargs)
-        blocks = min(len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers))
+        text_blocks, vision_blocks = len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers)
+        blocks = min(text_blocks, vision_blocks)
         if not 1 <= prompt_depth <= blocks:
-            raise ValueError(f"prompt_depth must be between 1 and {blocks} (the towers' blocks), got {prompt_depth}.")
+            raise ValueError(
+                f"prompt_depth is {prompt_depth}, but this backbone's towers have {text_blocks} text "
+                f"and {vision_blocks} vision blocks: set prompt_depth (--prompt-depth) between 1 and {blocks}."
+            )
         self.n_ctx = int(n_ctx)
         self.ctx_init = " ".join(ctx_init.split()) if ctx_init else None
         self.prompt_depth = int(prompt_depth)
