@@ -122,7 +122,8 @@ def test_base2new_two_seeds_from_the_command_line(data_root, tmp_path):
     # Real names (american_bulldog) are compared, stored and printed cleaned.
     assert results["classes"] == {"base": cleaned("oxford_pets")[:3], "new": cleaned("oxford_pets")[3:]}
     assert results["config"]["epochs"] == 2  # the flag overrides the file
-    assert results["config"]["shots"] == 2 and results["config"]["lr"] == 0.002  # file, default
+    assert results["config"]["shots"] == 2 and results["config"]["lr"] is None  # file; default: each paper's
+    assert [RunConfig(**results["config"]).for_method(m).lr for m in ("coop", "cocoop")] == [0.002, 0.002]
     assert results["config"]["crop_scale"] == [0.5, 1.0] and results["config"]["flip"] is False
     assert results["versions"]["tensorflow"] == tf.__version__
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [
