@@ -28,21 +28,25 @@ CLASSNAMES = [
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def clip():
-    """Odd widths, unequal towers, more than one head; layer norms not identity."""
+def _odd_backbone(vision_layers, text_layers, seed):
+    """Odd widths, unequal towers, more than one head; layer norms and biases not at their defaults."""
     architecture = CLIPArchitecture(
-        image_size=24, patch_size=8, vision_width=36, vision_layers=1, vision_heads=3,
+        image_size=24, patch_size=8, vision_width=36, vision_layers=vision_layers, vision_heads=3,
         vision_mlp_width=50, vocabulary_size=49408, context_length=77, text_width=60,
-        text_layers=2, text_heads=3, text_mlp_width=84, projection_dim=44,
+        text_layers=text_layers, text_heads=3, text_mlp_width=84, projection_dim=44,
     )
-    backbone = random_backbone(architecture, seed=11)
-    rng = np.random.default_rng(12)
+    backbone = random_backbone(architecture, seed=seed)
+    rng = np.random.default_rng(seed + 1)
     for variable in backbone.weights:
         if variable.path.endswith(("gamma", "beta")) or variable.path.endswith("bias"):
             variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
     backbone.trainable = False
     return backbone
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return _odd_backbone(vision_layers=1, text_layers=2, seed=11)
 
 
 def _layer_norm(x, gamma, beta):
@@ -281,19 +285,8 @@ def test_kgcoop_evaluates_classes_whose_hand_crafted_prompt_is_too_long(clip, rn
 
 @pytest.fixture(scope="module")
 def deep_clip():
-    """Three blocks in each tower (MaPLe's depth needs them), odd and unequal widths."""
-    architecture = CLIPArchitecture(
-        image_size=24, patch_size=8, vision_width=36, vision_layers=3, vision_heads=3,
-        vision_mlp_width=50, vocabulary_size=49408, context_length=77, text_width=60,
-        text_layers=3, text_heads=3, text_mlp_width=84, projection_dim=44,
-    )
-    backbone = random_backbone(architecture, seed=13)
-    rng = np.random.default_rng(14)
-    for variable in backbone.weights:
-        if variable.path.endswith(("gamma", "beta")) or variable.path.endswith("bias"):
-            variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
-    backbone.trainable = False
-    return backbone
+    """Three blocks in each tower: MaPLe's depth needs them."""
+    return _odd_backbone(vision_layers=3, text_layers=3, seed=13)
 
 
 def _maple_reference_logits(clip, model, images, classnames, ctx_init):
