@@ -36,6 +36,8 @@ class CLIPClassifier(keras.Model):
       `[B, S, S, 3]` and any class set's ids; the model's `call(images)` is
       `classify` on its own class set, and `call(images, token_ids=ids)`
       is `classify` (a class set that is an input of a functional graph);
+      by default the logits of `class_features`, so only a method whose
+      class features depend on the image (CoCoOp) defines it;
     - `class_features(token_ids)`: normalised class features `[C, D]`, for
       methods whose class features do not depend on the image
       (`image_conditional = False`), so that they can be cached and served
@@ -127,8 +129,12 @@ class CLIPClassifier(keras.Model):
         raise NotImplementedError(f"{type(self).__name__} defines no tokenize_classnames.")
 
     def classify(self, images, token_ids):
-        """Logits `[B, C]` for 0..255 images `[B, S, S, 3]` and class token ids `[C, L]`."""
-        raise NotImplementedError(f"{type(self).__name__} defines no classify.")
+        """Logits `[B, C]` for 0..255 images `[B, S, S, 3]` and class token ids `[C, L]`.
+
+        By default `feature_logits(encode_images(images), class_features(token_ids))`;
+        a method whose class features depend on the image defines its own.
+        """
+        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
 
     def class_features(self, token_ids):
         """Normalised class features `[C, projection_dim]` of class token ids `[C, L]`.

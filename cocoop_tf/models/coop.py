@@ -48,15 +48,6 @@ class CoOp(PromptLearningModel):
         """Normalised class features `[C, projection_dim]` of class token ids `[C, L]`."""
         return l2_normalize(self.prompt_text_encoder(self.prompt_learner(), token_ids)[0])
 
-    def classify(self, images, token_ids):
-        """Logits `[B, C]` for images and any class set's token ids.
-
-        Args:
-            images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            token_ids: int `[C, L]` from `tokenize_classnames`.
-        """
-        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
-
     def get_config(self):
         config = super().get_config()
         config["class_specific"] = self.class_specific

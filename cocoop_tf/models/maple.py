@@ -108,15 +108,6 @@ class MaPLe(CLIPClassifier):
         context, deep, _, _ = self.prompt_learner()
         return l2_normalize(self.prompt_text_encoder(context, token_ids, deep)[0])
 
-    def classify(self, images, token_ids):
-        """Logits `[B, C]` for images and any class set's token ids.
-
-        Args:
-            images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            token_ids: int `[C, L]` from `tokenize_classnames`.
-        """
-        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
-
     def get_config(self):
         config = super().get_config()
         config.update({"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, "prompt_depth": self.prompt_depth})

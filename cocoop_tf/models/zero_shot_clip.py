@@ -118,15 +118,6 @@ class ZeroShotCLIP(CLIPClassifier):
             )
         return self._text_features
 
-    def classify(self, images, token_ids):
-        """Logits `[B, C]` for images and the prompt ids of any class set.
-
-        Args:
-            images: RGB pixel values 0..255, `[B, S, S, 3]`.
-            token_ids: int `[C, L]` (or `[C, num_templates, L]`) from `tokenize_classnames`.
-        """
-        return self.feature_logits(self.encode_images(images), self.class_features(token_ids))
-
     def call(self, images, token_ids=None):
         if token_ids is not None:
             return super().call(images, token_ids)
