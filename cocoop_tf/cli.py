@@ -156,7 +156,13 @@ def _add_run_options(parser, protocol, training=True):
             help=f"methods to run (default: {' '.join(methods_default)})",
         )
         _add_training_options(parser)
-    parser.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 100)")
+    parser.add_argument(
+        "--eval-batch-size", type=int, help="evaluation batch size on each replica (default: 100)"
+    )
+    parser.add_argument(
+        "--eval-shard-size", type=int,
+        help="images per evaluation shard, the unit dealt to replicas and kept for --resume (default: 1000)",
+    )
     parser.add_argument("--templates", nargs="+", help="zero-shot templates (default: the dataset's)")
     parser.add_argument("--image-size", type=int, help="input side (default: the backbone's)")
     parser.add_argument(

@@ -3,6 +3,7 @@
     python protocol_scripts.py resume DATA_ROOT OUTPUT none|resume|kill_in_checkpoint_3|kill_writing_result
     python protocol_scripts.py hold DATA_ROOT OUTPUT -
     python protocol_scripts.py mirrored DATA_ROOT OUTPUT -
+    python protocol_scripts.py worker0|worker1 DATA_ROOT OUTPUT PORT,PORT[,die]
     python protocol_scripts.py wide_prompt DATA_ROOT FILE -
 """
 
@@ -72,11 +73,36 @@ def hold(output):
     time.sleep(600)
 
 
+# Global batch 4; evaluation in shards of 2 images, so 5 shards are dealt to 2 replicas.
+DISTRIBUTED = dict(epochs=3, batch_size=4, eval_batch_size=2, eval_shard_size=2)
+
+
 def mirrored(data_root, output):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    train(data_root, os.path.join(output, "one"), epochs=2, batch_size=4)
-    train(data_root, os.path.join(output, "two"), epochs=2, batch_size=4, strategy="mirrored")
+    train(data_root, os.path.join(output, "one"), **DISTRIBUTED)
+    train(data_root, os.path.join(output, "two"), **DISTRIBUTED, strategy="mirrored")
+
+
+def worker(index, data_root, output, option):
+    """One of two workers on this machine; `die`: worker 1 is killed at the end of epoch 2."""
+    import json
+    import signal
+
+    import keras
+
+    ports, die = option.split(",")[:2], option.endswith(",die")
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"localhost:{port}" for port in ports]},
+        "task": {"type": "worker", "index": index},
+    })
+    if die and index == 1:
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        keras.callbacks.TerminateOnNaN.on_epoch_end = on_epoch_end
+    train(data_root, output, resume=not die, **DISTRIBUTED, strategy="multi_worker")
 
 
 def wide_prompt(path):
@@ -96,6 +122,8 @@ if __name__ == "__main__":
         resume(data_root, output, option)
     elif command == "mirrored":
         mirrored(data_root, output)
+    elif command.startswith("worker"):
+        worker(int(command[-1]), data_root, output, option)
     elif command == "hold":
         hold(output)
     else:

@@ -378,19 +378,61 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
                      f"{socket.gethostname()}, which is no longer running"]
 
 
-def test_mirrored_strategy_on_two_cpus_matches_one_device(data_root, tmp_path):
-    result = subprocess.run(
-        [sys.executable, TESTS / "protocol_scripts.py", "mirrored", data_root, tmp_path, ""],
-        capture_output=True, text=True,
-    )
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root, tmp_path):
+    """MirroredStrategy on two CPUs, then two worker processes (one killed, then resumed)."""
+    result = _script("mirrored", data_root, tmp_path, "")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout and "1 replica(s)" in result.stdout
-    one = load_file(tmp_path / "one" / "runs" / "cocoop_seed1" / "prompt.safetensors")
-    two = load_file(tmp_path / "two" / "runs" / "cocoop_seed1" / "prompt.safetensors")
-    start = load_file(tmp_path / "one" / "runs" / "cocoop_seed1" / "checkpoints" / "epoch_001.safetensors")
-    for name in one:  # equal up to the order of float sums across replicas
-        assert np.max(np.abs(two[name] - one[name])) <= 1e-5 * np.max(np.abs(one[name])), name
+    run = pathlib.Path("runs") / "cocoop_seed1"
+    one = load_file(tmp_path / "one" / run / "prompt.safetensors")
+    start = load_file(tmp_path / "one" / run / "checkpoints" / "epoch_001.safetensors")
     assert any(not np.allclose(start[k], one[k]) for k in one)  # training moved the weights
+    predictions = np.load(tmp_path / "one" / run / "predictions" / "oxford_pets.npz")
+    assert len(set(predictions["predicted"])) > 1  # a comparison that could fail
+
+    def same_as_one_device(folder):
+        prompt = load_file(folder / run / "prompt.safetensors")
+        for name in one:  # equal up to the order of float sums across replicas
+            assert np.max(np.abs(prompt[name] - one[name])) <= 1e-5 * np.max(np.abs(one[name])), name
+        sharded = np.load(folder / run / "predictions" / "oxford_pets.npz")
+        for name in ("labels", "predicted", "classnames"):
+            np.testing.assert_array_equal(sharded[name], predictions[name], err_msg=name)
+        assert not (folder / run / "predictions" / "oxford_pets.shards").exists()
+
+    same_as_one_device(tmp_path / "two")
+
+    # Two workers on loopback; worker 1 writes into a folder of its own, which must stay empty.
+    ports = ",".join(map(str, _free_ports(2)))
+
+    def workers(option):
+        chief = subprocess.Popen(
+            [sys.executable, TESTS / "protocol_scripts.py", "worker0", data_root, tmp_path / "cluster", option],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        other = _script("worker1", data_root, tmp_path / "worker1", option)
+        out, err = chief.communicate(timeout=300)
+        return subprocess.CompletedProcess(chief.args, chief.returncode, out, err), other
+
+    chief, other = workers(ports + ",die")
+    assert other.returncode == -9, other.stderr[-3000:]
+    assert chief.returncode != 0 and "Lost contact with worker 1 of the cluster" in chief.stderr, chief.stderr[-3000:]
+    assert "start every worker again with the same command and --resume" in chief.stderr
+    chief, other = workers(ports)
+    assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
+    assert "2 replica(s)" in chief.stdout and "resumed after epoch 2" in chief.stdout
+    assert "resumed after epoch 2 from the chief" in other.stdout
+    same_as_one_device(tmp_path / "cluster")
+    assert not (tmp_path / "worker1").exists()  # only the chief writes
 
 
 # --- bad input ---------------------------------------------------------------------------

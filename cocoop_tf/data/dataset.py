@@ -274,6 +274,7 @@ class ImageDataset:
         reshuffle_each_iteration=True,
         crop_scale=(0.08, 1.0),
         flip=True,
+        items=None,
     ):
         """A `tf.data.Dataset` of (images, labels) for one split.
 
@@ -316,12 +317,14 @@ class ImageDataset:
             flip: training only; mirror images left to right at random (the
                 paper's default); turn off where mirroring changes the class
                 (text, digits).
+            items: only these items of the split, a sublist of `items(split)`
+                in its order (a shard of a distributed evaluation).
 
         Returns:
             A `tf.data.Dataset`.
         """
         crop_scale = check_crop_scale(crop_scale)
-        items = self.items(split)
+        items = self.items(split) if items is None else list(items)
         if not items:
             raise ValueError(
                 f"The {split!r} split of {self!r} is empty"

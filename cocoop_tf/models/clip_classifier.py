@@ -17,6 +17,7 @@ from cocoop_tf.training.batch_guard import PROBLEMS
 from cocoop_tf.training.batch_guard import BatchGuard
 from cocoop_tf.training.batch_guard import batch_problems
 from cocoop_tf.training.batch_guard import in_range
+from cocoop_tf.training.workers import spans_workers
 
 
 def l2_normalize(x):
@@ -281,6 +282,22 @@ class CLIPClassifier(keras.Model):
         kwargs["callbacks"] = self._guarded(kwargs.get("callbacks"))
         return super().fit(*args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras builds the model from a first batch, which it
+        # all-reduces only to learn its structure; across workers that reduce fails
+        # (keras-team/keras#20585). One local replica's part of the batch has the same structure.
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            strategy = self._distribute_strategy
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def evaluate(self, *args, return_dict=False, **kwargs):
         """`keras.Model.evaluate`, stopping on NaN pixels or out-of-range labels."""
         kwargs["callbacks"] = self._guarded(kwargs.get("callbacks"))
@@ -321,9 +338,15 @@ class CLIPClassifier(keras.Model):
         data = keras.utils.pack_x_y_sample_weight(x, in_range(y, len(self.classnames)), sample_weight)
         self._stepping = True
         try:
-            return {**step(data), PROBLEMS: problems}
+            logs = {**step(data), PROBLEMS: problems}
         finally:
             self._stepping = False
+        if spans_workers(tf.distribute.get_strategy()):
+            # Across workers Keras concatenates each step output over the replicas along
+            # axis 0 and takes the mean, which needs a leading axis (a scalar fails; the two
+            # counts of PROBLEMS would be averaged together).
+            logs = {name: ops.expand_dims(value, 0) for name, value in logs.items()}
+        return logs
 
     # --- prompt files --------------------------------------------------------------
 
@@ -409,3 +432,4 @@ class CLIPClassifier(keras.Model):
         if isinstance(config["clip"], dict):
             config["clip"] = keras.layers.deserialize(config["clip"])
         return cls(**config)
+

@@ -36,7 +36,10 @@ class RunConfig:
         batch_size: global training batch size (split across replicas).
             None: each method's paper setting (1 for CoOp and CoCoOp, 128
             for KgCoOp, 4 for MaPLe).
-        eval_batch_size: evaluation batch size.
+        eval_batch_size: evaluation batch size on each replica.
+        eval_shard_size: images per evaluation shard (rounded up to whole
+            batches): the part of a test split each replica predicts at a
+            time, and what a resumed evaluation does not predict again.
         lr: peak learning rate of SGD. None: each method's paper setting
             (0.002; 0.0035 for MaPLe).
         momentum: SGD momentum.
@@ -78,6 +81,7 @@ class RunConfig:
     epochs: int = None
     batch_size: int = None
     eval_batch_size: int = 100
+    eval_shard_size: int = 1000
     lr: float = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -115,7 +119,8 @@ class RunConfig:
             raise ValueError(f"Methods repeat: {self.methods}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"Give one or more distinct seeds, got {self.seeds}.")
-        for name in ("shots", "epochs", "batch_size", "eval_batch_size", "reduction", "prompt_depth"):
+        for name in ("shots", "epochs", "batch_size", "eval_batch_size", "eval_shard_size", "reduction",
+                     "prompt_depth"):
             value = getattr(self, name)
             if value is None and name in METHOD_DEFAULTS:
                 continue

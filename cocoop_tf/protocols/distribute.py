@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -50,6 +51,26 @@ def make_strategy(name, tpu=None):
             ) from None
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown strategy {name!r}; choose mirrored, multi_worker or tpu.")
+
+
+# What the remaining workers' collective operations raise when a worker dies or stops answering.
+LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped; the others stop too, and `--resume` continues."""
+
+    @classmethod
+    def from_error(cls, error, output):
+        # TensorFlow lists the tasks that stopped sending heartbeats after the word "unhealthy".
+        listed = error.message.partition("unhealthy")[2]
+        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", listed)))
+        who = ", ".join(f"{job} {index}" for job, index in tasks) or "another worker"
+        return cls(
+            f"Lost contact with {who} of the cluster (it stopped, or its machine did), so this "
+            f"worker stops too. The epochs finished so far are checkpointed in {output}: start "
+            "every worker again with the same command and --resume."
+        )
 
 
 def is_chief():

@@ -1,10 +1,33 @@
-"""Test-split accuracy, with the predictions kept so anyone can recount it."""
+"""Test-split accuracy, with the predictions kept so anyone can recount it.
 
+A test split is cut into shards of whole batches, dealt out in turn to every
+replica of the distribution strategy, on every worker. Each replica predicts
+its shards on its own (no communication within a shard); after each round
+of shards the workers' predictions are gathered to the chief, which keeps
+each finished shard in a file. An image is always predicted in the same
+batch of the same images, whatever the number of replicas and workers, so
+the predictions equal a one-device evaluation exactly; an interrupted
+evaluation resumes without predicting its finished shards again.
+"""
+
+import glob
 import os
+import re
+import shutil
+import time
 
 import numpy as np
+import tensorflow as tf
 
-from cocoop_tf.protocols.training import progress_verbosity
+from cocoop_tf.files import write_bytes
+from cocoop_tf.training.workers import first_replica
+from cocoop_tf.training.workers import from_chief
+from cocoop_tf.training.workers import local_replicas
+from cocoop_tf.training.workers import spans_workers
+
+_SHARD_FILE = re.compile(r"(\d+)-(\d+)\.npy$")
+_NOT_FINITE = -2
+_PROGRESS_SECONDS = 10.0
 
 
 def accuracy(labels, predicted):
@@ -15,28 +38,180 @@ def accuracy(labels, predicted):
     return float(100.0 * np.mean(labels == predicted))
 
 
-def predict_split(model, dataset, split, batch_size, image_size):
+def predict_split(
+    model, dataset, split, batch_size, image_size, *, shard_size=1000, shard_dir=None,
+    write_files=True, log=print,
+):
     """Labels and top-1 predictions of `model` on a split, in `dataset.items(split)` order.
 
-    The model's class set must be `dataset.classnames` (see `set_classnames`).
+    Runs on every replica of the model's distribution strategy (every
+    worker of a cluster calls it together); see the module docstring.
 
     Args:
-        model: a classifier of any registered method.
+        model: a classifier of any registered method; its class set must be
+            `dataset.classnames` (see `set_classnames`).
         dataset: an `ImageDataset` view.
         split: "test" (or "val", "train").
-        batch_size: images per batch.
+        batch_size: images per batch on each replica.
         image_size: input side.
+        shard_size: images per shard, rounded up to whole batches.
+        shard_dir: folder for the finished shards (None: kept in memory
+            only); shards already there are not predicted again. Remove it
+            once the predictions are saved (`remove_shards`).
+        write_files: False on the workers that are not the chief.
+        log: function for progress lines.
 
     Returns:
         `(labels, predicted)`, int32 arrays.
     """
     if list(model.classnames) != list(dataset.classnames):
         raise ValueError("The model's classes are not the dataset's; call set_classnames first.")
-    labels = np.array([item.label for item in dataset.items(split)], np.int32)
-    images = dataset.to_tf_dataset(split, batch_size, training=False, image_size=image_size)
-    steps = -(-len(labels) // batch_size)
-    logits = model.predict(images.map(lambda x, y: x), steps=steps, verbose=progress_verbosity())
-    return labels, np.argmax(logits, axis=-1).astype(np.int32)
+    items = dataset.items(split)
+    labels = np.array([item.label for item in items], np.int32)
+    if not items:
+        return labels, labels.copy()
+    strategy = model.distribute_strategy
+    replicas = strategy.num_replicas_in_sync
+    local = local_replicas(strategy)
+    first = first_replica(strategy)
+    shard_size = -(-shard_size // batch_size) * batch_size
+    shards = [(start, min(start + shard_size, len(items))) for start in range(0, len(items), shard_size)]
+
+    # The chief's finished shards, on every worker (the others may not see its files).
+    done = _finished_shards(shard_dir, shards) if shard_dir and write_files else {}
+    known = np.full(len(items), -1, np.int32)
+    for k, values in done.items():
+        known[slice(*shards[k])] = values
+    finished = np.array([k in done for k in range(len(shards))], np.int32)
+    known, finished = from_chief(strategy, [known, finished])
+    done = {k: known[slice(*shards[k])] for k in range(len(shards)) if finished[k]}
+    todo = [k for k in range(len(shards)) if not finished[k]]
+    rounds = [todo[i : i + replicas] for i in range(0, len(todo), replicas)]
+
+    # One pipeline per local replica over all its shards, in order: a source that reads
+    # whole files (TFDS) goes through the split once per replica, not once per shard.
+    mine = [[r[first + i] for r in rounds if first + i < len(r)] for i in range(local)]
+    batches = [
+        iter(dataset.to_tf_dataset(
+            split, batch_size, training=False, image_size=image_size,
+            items=[item for k in shard_list for item in items[slice(*shards[k])]],
+        ).map(lambda x, y: x))
+        if shard_list else None
+        for shard_list in mine
+    ]
+    step = _predict_step(model)
+    run_step = tf.function(lambda inputs: strategy.run(step, args=(inputs,)), reduce_retracing=True)
+    before = sum(shards[k][1] - shards[k][0] for k in done)
+    counted, started = before, time.time()
+    last_report = started
+    for round_shards in rounds:
+        ids = [round_shards[first + i] if first + i < len(round_shards) else None for i in range(local)]
+        steps = max(-(-(shards[k][1] - shards[k][0]) // batch_size) for k in round_shards)
+        parts = [[] for _ in range(local)]
+        for _ in range(steps):
+            images = [
+                next(batches[i]) if k is not None and len(parts[i]) * batch_size < shards[k][1] - shards[k][0]
+                else None
+                for i, k in enumerate(ids)
+            ]
+            spare = next(x for x in images if x is not None) if any(x is not None for x in images) else None
+            if spare is None:  # this worker has nothing left this round; the others still work
+                continue
+            inputs = strategy.experimental_distribute_values_from_function(
+                lambda context: images[context.replica_id_in_sync_group - first]
+                if images[context.replica_id_in_sync_group - first] is not None else spare
+            )
+            outputs = strategy.experimental_local_results(run_step(inputs))
+            for i, output in enumerate(outputs):
+                if images[i] is not None:
+                    parts[i].append(np.asarray(output))
+        predicted = [np.concatenate(p) if p else np.zeros([0], np.int32) for p in parts]
+        if spans_workers(strategy):
+            predicted = _gather(strategy, predicted, shard_size, round_shards, shards)
+        else:
+            predicted = predicted[: len(round_shards)]
+        for k, values in zip(round_shards, predicted):
+            start, end = shards[k]
+            bad = np.flatnonzero(values == _NOT_FINITE)
+            if bad.size:
+                raise ValueError(
+                    f"The logits of {bad.size} image(s) are not finite (the first: image "
+                    f"{start + bad[0]}, {items[start + bad[0]].path}): their pixels hold NaN or "
+                    "infinite values. Check the images."
+                )
+            done[k] = values
+            if shard_dir and write_files:
+                write_bytes(os.path.join(shard_dir, f"{start:08d}-{end:08d}.npy"), _npy(values))
+            counted += end - start
+        now = time.time()
+        if len(shards) > 1 and (now - last_report >= _PROGRESS_SECONDS or round_shards is rounds[-1]):
+            last_report = now
+            rate = (counted - before) / max(now - started, 1e-9)
+            left = (len(items) - counted) / rate if rate else float("inf")
+            log(f"    {counted}/{len(items)} images, {rate:.1f} images/s, {_duration(left)} left")
+    predicted = np.concatenate([done[k] for k in range(len(shards))]).astype(np.int32)
+    return labels, predicted
+
+
+def remove_shards(shard_dir):
+    """Deletes a finished evaluation's shard folder."""
+    shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+def _predict_step(model):
+    jit = bool(model.compiled and model.jit_compile)
+
+    @tf.function(jit_compile=jit)
+    def step(images):
+        logits = model(images, training=False)
+        finite = tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32)), axis=-1)
+        return tf.where(finite, tf.argmax(logits, axis=-1, output_type=tf.int32), _NOT_FINITE)
+
+    return step
+
+
+def _gather(strategy, predicted, shard_size, round_shards, shards):
+    """Every replica's predictions of one round, in replica order, on every worker."""
+    padded = [np.pad(p, (0, shard_size - len(p)), constant_values=-1).astype(np.int32) for p in predicted]
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(padded[context.replica_id_in_sync_group - first_replica(strategy)])
+    )
+    gathered = np.asarray(strategy.gather(values, axis=0)).reshape(-1, shard_size)
+    return [row[: shards[k][1] - shards[k][0]] for k, row in zip(round_shards, gathered)]
+
+
+def _finished_shards(shard_dir, shards):
+    """`{shard: predicted}` of the shard files that match this split's shards."""
+    wanted = {shard: k for k, shard in enumerate(shards)}
+    done = {}
+    for path in glob.glob(os.path.join(shard_dir, "*.npy")):
+        match = _SHARD_FILE.search(os.path.basename(path))
+        key = match and (int(match.group(1)), int(match.group(2)))
+        if key not in wanted:
+            continue  # written with another batch or shard size
+        try:
+            values = np.load(path)
+        except (OSError, ValueError, EOFError):
+            continue  # damaged: predicted again
+        if values.shape == (key[1] - key[0],):
+            done[wanted[key]] = values.astype(np.int32)
+    return done
+
+
+def _npy(values):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values, np.int32))
+    return buffer.getvalue()
+
+
+def _duration(seconds):
+    if seconds == float("inf"):
+        return "unknown time"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def save_predictions(path, labels, predicted, classnames):

@@ -33,11 +33,14 @@ from cocoop_tf.files import write_text
 from cocoop_tf.models import get_method
 from cocoop_tf.models import model_from_prompt
 from cocoop_tf.models import read_prompt
+from cocoop_tf.protocols.distribute import LOST_WORKER_ERRORS
+from cocoop_tf.protocols.distribute import WorkerLostError
 from cocoop_tf.protocols.distribute import is_chief
 from cocoop_tf.protocols.distribute import make_strategy
 from cocoop_tf.protocols.distribute import set_seeds
 from cocoop_tf.protocols.evaluation import accuracy
 from cocoop_tf.protocols.evaluation import predict_split
+from cocoop_tf.protocols.evaluation import remove_shards
 from cocoop_tf.protocols.evaluation import save_predictions
 from cocoop_tf.protocols.protocol import get_protocol
 from cocoop_tf.protocols.results import RESULTS_FORMAT
@@ -50,6 +53,7 @@ from cocoop_tf.protocols.run_folder import RunFolder
 from cocoop_tf.protocols.run_folder import read_json
 from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
+from cocoop_tf.training.workers import spans_workers
 
 def _canonical(name):
     benchmark = find_benchmark(os.fspath(name))
@@ -157,9 +161,11 @@ def run_protocol(
             if folder.write_files:
                 write_text(result_file, json.dumps(run, indent=2))
             runs.append(run)
-    except BaseException:
+    except BaseException as error:
         if folder is not None:
             folder.close()
+        if spans_workers(strategy) and isinstance(error, LOST_WORKER_ERRORS):
+            raise WorkerLostError.from_error(error, output) from None
         raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -234,7 +240,7 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
         "subset": subset,
         "evaluations": [[_canonical(n), s] for n, s in evaluations],
         "prompts": [os.path.abspath(p) for p in prompts],
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size")},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size", "eval_shard_size")},
     }
     return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
                    settings, jobs)
@@ -275,11 +281,16 @@ def evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_
                 model = build_model(method, clip, view.classnames, config, view.template)
         else:
             model.set_classnames(view.classnames)
-        labels, predicted = predict_split(model, view, "test", config.eval_batch_size, image_size)
-        run["accuracy"][key] = accuracy(labels, predicted)
         path = os.path.join(run_dir, "predictions", f"{key}.npz")
+        shards = os.path.join(run_dir, "predictions", f"{key}.shards")
+        labels, predicted = predict_split(
+            model, view, "test", config.eval_batch_size, image_size, shard_size=config.eval_shard_size,
+            shard_dir=shards, write_files=folder.write_files, log=log,
+        )
+        run["accuracy"][key] = accuracy(labels, predicted)
         if folder.write_files:
             save_predictions(path, labels, predicted, view.classnames)
+            remove_shards(shards)
         run["predictions"][key] = folder.relative(path)
         log(f"  {key}: {run['accuracy'][key]:.2f}% of {len(labels)} test images")
     if plan.protocol.summary == "h":
@@ -343,7 +354,7 @@ def training_record(protocol, source, subset, seed, config):
     """What a prompt file records of its training: the protocol, data, seed and settings."""
     settings = {
         k: v for k, v in config.to_dict().items()
-        if k not in ("methods", "seeds", "eval_batch_size", "templates", "data_root")
+        if k not in ("methods", "seeds", "eval_batch_size", "eval_shard_size", "templates", "data_root")
     }
     return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
 

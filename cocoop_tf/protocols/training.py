@@ -15,6 +15,8 @@ from cocoop_tf.files import save_safetensors
 from cocoop_tf.models import get_method
 from cocoop_tf.models import read_prompt
 from cocoop_tf.training import paper_optimizer
+from cocoop_tf.training.workers import from_chief
+from cocoop_tf.training.workers import spans_workers
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
 
@@ -179,10 +181,21 @@ def train_prompt_model(
         jit_compile=xla,
     )
     checkpoints = EpochCheckpoints(checkpoint_dir, training)
-    start = checkpoints.latest(log) if resume else 0
+    # Only the chief's files count: another worker may not see them, or hold older ones.
+    start = checkpoints.latest(log) if resume and write_files else 0
     if start:
         checkpoints.restore(start, model)
-        log(f"  resumed after epoch {start} from {checkpoints.path(start)}")
+    strategy = model.distribute_strategy
+    if spans_workers(strategy):
+        # Every worker starts from the chief's epoch and weights, or they would part ways.
+        model.optimizer.build(model.trainable_variables)
+        variables = list(model.trainable_variables) + list(model.optimizer.variables)
+        start, *values = from_chief(strategy, [np.int64(start), *variables])
+        start = int(start)
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+    if start:
+        log(f"  resumed after epoch {start} from {checkpoints.path(start) if write_files else 'the chief'}")
     callbacks = []
     if log_dir and write_files:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, update_freq="epoch"))
