@@ -361,6 +361,49 @@ def test_killed_and_damaged_runs_resume_to_the_same_weights(data_root, tmp_path)
     assert json.loads(result.read_text())["accuracy"] == accuracy
 
 
+def test_an_interrupted_evaluation_predicts_only_its_unfinished_shards(data_root, tmp_path, monkeypatch):
+    from cocoop_tf import CoCoOp
+    from cocoop_tf.data.dataset import ImageDataset
+    from cocoop_tf.protocols.evaluation import predict_split
+
+    view = load_dataset("oxford_pets", data_root)
+    model = CoCoOp(load_clip("random_tiny"), view.classnames)
+    for variable in model.trainable_variables:  # an untrained model gives every image one class
+        variable.assign(np.random.default_rng(0).normal(0, 1, variable.shape))
+    items = view.items("test")
+    reference = np.argmax(model.predict(view.to_tf_dataset("test", 3, training=False, image_size=32)
+                                        .map(lambda x, y: x), verbose=0), axis=-1)
+    assert len(set(reference)) > 1
+    shards = tmp_path / "shards"
+    lines = []
+    labels, predicted = predict_split(model, view, "test", 2, 32, shard_size=3, shard_dir=shards, log=lines.append)
+    np.testing.assert_array_equal(predicted, reference)  # shards of 4 (whole batches of 2): 3 of them
+    np.testing.assert_array_equal(labels, [item.label for item in items])
+    assert sorted(os.listdir(shards)) == ["00000000-00000004.npy", "00000004-00000008.npy", "00000008-00000010.npy"]
+    assert lines[-1].startswith("    10/10 images, ") and lines[-1].endswith(" left")
+
+    # Interrupted: one shard never written, one cut short (a full disk); only those two run again.
+    (shards / "00000004-00000008.npy").unlink()
+    last = shards / "00000008-00000010.npy"
+    last.write_bytes(last.read_bytes()[:20])
+    read = []
+    to_tf_dataset = ImageDataset.to_tf_dataset
+
+    def recording(self, *args, items=None, **kwargs):
+        read.extend(items)
+        return to_tf_dataset(self, *args, items=items, **kwargs)
+
+    monkeypatch.setattr(ImageDataset, "to_tf_dataset", recording)
+    _, again = predict_split(model, view, "test", 2, 32, shard_size=3, shard_dir=shards, log=lines.append)
+    np.testing.assert_array_equal(again, reference)
+    assert read == items[4:]
+    # Shards of another size are not taken for finished ones.
+    read.clear()
+    _, other = predict_split(model, view, "test", 5, 32, shard_size=5, shard_dir=shards, log=lines.append)
+    np.testing.assert_array_equal(other, reference)
+    assert read == items
+
+
 def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, TESTS / "protocol_scripts.py", "hold", "-", tmp_path / "run", "-"],
                               stdout=subprocess.PIPE, text=True)
