@@ -432,4 +432,3 @@ class CLIPClassifier(keras.Model):
         if isinstance(config["clip"], dict):
             config["clip"] = keras.layers.deserialize(config["clip"])
         return cls(**config)
-

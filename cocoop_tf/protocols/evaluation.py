@@ -11,6 +11,7 @@ evaluation resumes without predicting its finished shards again.
 """
 
 import glob
+import io
 import os
 import re
 import shutil
@@ -114,12 +115,13 @@ def predict_split(
                 else None
                 for i, k in enumerate(ids)
             ]
-            spare = next(x for x in images if x is not None) if any(x is not None for x in images) else None
+            spare = next((x for x in images if x is not None), None)
             if spare is None:  # this worker has nothing left this round; the others still work
                 continue
+            # A replica without a batch of its own computes a spare one; its output is dropped.
+            filled = [spare if x is None else x for x in images]
             inputs = strategy.experimental_distribute_values_from_function(
-                lambda context: images[context.replica_id_in_sync_group - first]
-                if images[context.replica_id_in_sync_group - first] is not None else spare
+                lambda context: filled[context.replica_id_in_sync_group - first]
             )
             outputs = strategy.experimental_local_results(run_step(inputs))
             for i, output in enumerate(outputs):
@@ -127,7 +129,7 @@ def predict_split(
                     parts[i].append(np.asarray(output))
         predicted = [np.concatenate(p) if p else np.zeros([0], np.int32) for p in parts]
         if spans_workers(strategy):
-            predicted = _gather(strategy, predicted, shard_size, round_shards, shards)
+            predicted = _gather(strategy, first, predicted, shard_size, round_shards, shards)
         else:
             predicted = predicted[: len(round_shards)]
         for k, values in zip(round_shards, predicted):
@@ -170,11 +172,14 @@ def _predict_step(model):
     return step
 
 
-def _gather(strategy, predicted, shard_size, round_shards, shards):
-    """Every replica's predictions of one round, in replica order, on every worker."""
+def _gather(strategy, first, predicted, shard_size, round_shards, shards):
+    """Every replica's predictions of one round, in replica order, on every worker.
+
+    `first` is the global index of this worker's first replica.
+    """
     padded = [np.pad(p, (0, shard_size - len(p)), constant_values=-1).astype(np.int32) for p in predicted]
     values = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(padded[context.replica_id_in_sync_group - first_replica(strategy)])
+        lambda context: tf.constant(padded[context.replica_id_in_sync_group - first])
     )
     gathered = np.asarray(strategy.gather(values, axis=0)).reshape(-1, shard_size)
     return [row[: shards[k][1] - shards[k][0]] for k, row in zip(round_shards, gathered)]
@@ -199,8 +204,6 @@ def _finished_shards(shard_dir, shards):
 
 
 def _npy(values):
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(values, np.int32))
     return buffer.getvalue()

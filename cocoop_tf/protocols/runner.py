@@ -55,6 +55,11 @@ from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
 from cocoop_tf.training.workers import spans_workers
 
+# Settings that change how a test split is predicted, never the predictions: a resumed run may
+# change them, and prompt files do not record them.
+EVALUATION_ONLY = ("eval_batch_size", "eval_shard_size")
+
+
 def _canonical(name):
     benchmark = find_benchmark(os.fspath(name))
     return benchmark.name if benchmark else os.path.basename(os.path.normpath(os.fspath(name)))
@@ -240,7 +245,7 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
         "subset": subset,
         "evaluations": [[_canonical(n), s] for n, s in evaluations],
         "prompts": [os.path.abspath(p) for p in prompts],
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "eval_batch_size", "eval_shard_size")},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", *EVALUATION_ONLY)},
     }
     return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
                    settings, jobs)
@@ -354,7 +359,7 @@ def training_record(protocol, source, subset, seed, config):
     """What a prompt file records of its training: the protocol, data, seed and settings."""
     settings = {
         k: v for k, v in config.to_dict().items()
-        if k not in ("methods", "seeds", "eval_batch_size", "eval_shard_size", "templates", "data_root")
+        if k not in ("methods", "seeds", "templates", "data_root", *EVALUATION_ONLY)
     }
     return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
 
