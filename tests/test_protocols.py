@@ -36,7 +36,9 @@ from cocoop_tf.protocols import load_predictions
 from cocoop_tf.protocols import run_protocol
 from cocoop_tf.protocols.training import uses_xla
 from cocoop_tf.protocols.published import BASE_TO_NEW
+from cocoop_tf.protocols.published import BASE_TO_NEW_AVERAGE
 from cocoop_tf.protocols.published import CROSS_DATASET
+from cocoop_tf.protocols.published import CROSS_DATASET_TARGETS
 from cocoop_tf.protocols.published import DOMAIN_GENERALIZATION
 from real_layouts import REAL_CLASSNAMES
 from real_layouts import TEST_ONLY
@@ -213,6 +215,13 @@ def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_ro
     recount(tmp_path, results)
     report = check_reports(tmp_path, results)
     assert "| KgCoOp |" in report and "| MaPLe |" in report
+    # Each method's published row, and where it comes from.
+    assert "| KgCoOp (paper) | 94.65 | 97.76 | 96.18 |" in report
+    assert "| MaPLe (paper) | 95.43 | 97.76 | 96.58 |" in report
+    assert (
+        "mean of 3 seeds: CLIP, CoOp and CoCoOp from the CoCoOp paper; KgCoOp from the KgCoOp paper "
+        "(Yao et al., CVPR 2023); MaPLe from the MaPLe paper (Khattak et al., CVPR 2023)."
+    ) in report
     assert "MaPLe: 1 shots, 2 epochs, batch size 2, lr 0.0035, context 'a photo of a' (2 vectors)" in report
     _, metadata = read_prompt(tmp_path / "runs" / "maple_seed1" / "prompt.safetensors")
     assert (metadata["config"]["n_ctx"], metadata["config"]["prompt_depth"]) == (2, 2)
@@ -224,6 +233,22 @@ def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_ro
     clip = load_clip("random_tiny")
     start = cocoop_tf.KgCoOp(clip, ["x"]).prompt_learner.ctx
     assert not np.allclose(load_file(prompt)["prompt_learner/ctx"], start, atol=1e-6)
+
+
+def test_published_tables_agree_with_the_papers_averages():
+    """Each method's eleven rows average to its paper's 11-dataset figures, and H is their H."""
+    for method, (base, new, h) in BASE_TO_NEW_AVERAGE.items():
+        rows = np.array([BASE_TO_NEW[name][method] for name in ELEVEN])
+        assert rows.shape == (11, 3), method
+        np.testing.assert_allclose(rows[:, :2].mean(axis=0), (base, new), atol=0.006, err_msg=method)
+        # H from two-decimal Base and New; the KgCoOp paper truncates some H (91.096 -> 91.09).
+        np.testing.assert_allclose(2 * rows[:, 0] * rows[:, 1] / rows[:, :2].sum(axis=1), rows[:, 2],
+                                   atol=0.01, err_msg=method)
+        assert h == pytest.approx(2 * base * new / (base + new), abs=0.006), method
+    for method, values in CROSS_DATASET.items():
+        assert list(values) == ["imagenet", *CROSS_DATASET_TARGETS, "average"], method
+        assert np.mean([values[t] for t in CROSS_DATASET_TARGETS]) == pytest.approx(values["average"], abs=0.006)
+    assert all(list(values) == ["imagenet", *TEST_ONLY] for values in DOMAIN_GENERALIZATION.values())
 
 
 def test_cross_dataset_from_imagenet_to_the_ten_others(data_root, tmp_path):

@@ -1,26 +1,75 @@
-"""The CoCoOp paper's published numbers (ViT-B/16, mean of 3 seeds), in percent.
+"""Published numbers (ViT-B/16, 16 shots, mean of 3 seeds), in percent.
 
-Base-to-new from Table 1, cross-dataset transfer from Table 2, domain
-generalisation from Table 3 (Zhou et al., "Conditional Prompt Learning for
-Vision-Language Models", CVPR 2022). Keys are `load_dataset` names.
+Zero-shot CLIP, CoOp and CoCoOp from the CoCoOp paper (Zhou et al.,
+"Conditional Prompt Learning for Vision-Language Models", CVPR 2022):
+base-to-new from Table 1, cross-dataset transfer from Table 2, domain
+generalisation from Table 3. KgCoOp from its paper's base-to-new table (Yao et
+al., CVPR 2023); its transfer numbers are not included. MaPLe from its paper's
+base-to-novel, cross-dataset and domain generalisation tables (Khattak et al.,
+CVPR 2023). Each method's eleven base-to-new rows average to the 11-dataset
+figures in `BASE_TO_NEW_AVERAGE` (checked by the tests). Keys are
+`load_dataset` names.
 """
+
+# Where each method's numbers come from, as results.md names it.
+SOURCES = {
+    "zeroshot": "the CoCoOp paper",
+    "coop": "the CoCoOp paper",
+    "cocoop": "the CoCoOp paper",
+    "kgcoop": "the KgCoOp paper (Yao et al., CVPR 2023)",
+    "maple": "the MaPLe paper (Khattak et al., CVPR 2023)",
+}
 
 # (base, new, H) per method.
 BASE_TO_NEW = {
-    "imagenet": {"zeroshot": (72.43, 68.14, 70.22), "coop": (76.47, 67.88, 71.92), "cocoop": (75.98, 70.43, 73.10)},
-    "caltech101": {"zeroshot": (96.84, 94.00, 95.40), "coop": (98.00, 89.81, 93.73), "cocoop": (97.96, 93.81, 95.84)},
-    "oxford_pets": {"zeroshot": (91.17, 97.26, 94.12), "coop": (93.67, 95.29, 94.47), "cocoop": (95.20, 97.69, 96.43)},
-    "stanford_cars": {"zeroshot": (63.37, 74.89, 68.65), "coop": (78.12, 60.40, 68.13), "cocoop": (70.49, 73.59, 72.01)},
-    "oxford_flowers": {"zeroshot": (72.08, 77.80, 74.83), "coop": (97.60, 59.67, 74.06), "cocoop": (94.87, 71.75, 81.71)},
-    "food101": {"zeroshot": (90.10, 91.22, 90.66), "coop": (88.33, 82.26, 85.19), "cocoop": (90.70, 91.29, 90.99)},
-    "fgvc_aircraft": {"zeroshot": (27.19, 36.29, 31.09), "coop": (40.44, 22.30, 28.75), "cocoop": (33.41, 23.71, 27.74)},
-    "sun397": {"zeroshot": (69.36, 75.35, 72.23), "coop": (80.60, 65.89, 72.51), "cocoop": (79.74, 76.86, 78.27)},
-    "dtd": {"zeroshot": (53.24, 59.90, 56.37), "coop": (79.44, 41.18, 54.24), "cocoop": (77.01, 56.00, 64.85)},
-    "eurosat": {"zeroshot": (56.48, 64.05, 60.03), "coop": (92.19, 54.74, 68.69), "cocoop": (87.49, 60.04, 71.21)},
-    "ucf101": {"zeroshot": (70.53, 77.50, 73.85), "coop": (84.69, 56.05, 67.46), "cocoop": (82.33, 73.45, 77.64)},
+    "imagenet": {
+        "zeroshot": (72.43, 68.14, 70.22), "coop": (76.47, 67.88, 71.92), "cocoop": (75.98, 70.43, 73.10),
+        "kgcoop": (75.83, 69.96, 72.78), "maple": (76.66, 70.54, 73.47),
+    },
+    "caltech101": {
+        "zeroshot": (96.84, 94.00, 95.40), "coop": (98.00, 89.81, 93.73), "cocoop": (97.96, 93.81, 95.84),
+        "kgcoop": (97.72, 94.39, 96.03), "maple": (97.74, 94.36, 96.02),
+    },
+    "oxford_pets": {
+        "zeroshot": (91.17, 97.26, 94.12), "coop": (93.67, 95.29, 94.47), "cocoop": (95.20, 97.69, 96.43),
+        "kgcoop": (94.65, 97.76, 96.18), "maple": (95.43, 97.76, 96.58),
+    },
+    "stanford_cars": {
+        "zeroshot": (63.37, 74.89, 68.65), "coop": (78.12, 60.40, 68.13), "cocoop": (70.49, 73.59, 72.01),
+        "kgcoop": (71.76, 75.04, 73.36), "maple": (72.94, 74.00, 73.47),
+    },
+    "oxford_flowers": {
+        "zeroshot": (72.08, 77.80, 74.83), "coop": (97.60, 59.67, 74.06), "cocoop": (94.87, 71.75, 81.71),
+        "kgcoop": (95.00, 74.73, 83.65), "maple": (95.92, 72.46, 82.56),
+    },
+    "food101": {
+        "zeroshot": (90.10, 91.22, 90.66), "coop": (88.33, 82.26, 85.19), "cocoop": (90.70, 91.29, 90.99),
+        "kgcoop": (90.50, 91.70, 91.09), "maple": (90.71, 92.05, 91.38),
+    },
+    "fgvc_aircraft": {
+        "zeroshot": (27.19, 36.29, 31.09), "coop": (40.44, 22.30, 28.75), "cocoop": (33.41, 23.71, 27.74),
+        "kgcoop": (36.21, 33.55, 34.83), "maple": (37.44, 35.61, 36.50),
+    },
+    "sun397": {
+        "zeroshot": (69.36, 75.35, 72.23), "coop": (80.60, 65.89, 72.51), "cocoop": (79.74, 76.86, 78.27),
+        "kgcoop": (80.29, 76.53, 78.36), "maple": (80.82, 78.70, 79.75),
+    },
+    "dtd": {
+        "zeroshot": (53.24, 59.90, 56.37), "coop": (79.44, 41.18, 54.24), "cocoop": (77.01, 56.00, 64.85),
+        "kgcoop": (77.55, 54.99, 64.35), "maple": (80.36, 59.18, 68.16),
+    },
+    "eurosat": {
+        "zeroshot": (56.48, 64.05, 60.03), "coop": (92.19, 54.74, 68.69), "cocoop": (87.49, 60.04, 71.21),
+        "kgcoop": (85.64, 64.34, 73.48), "maple": (94.07, 73.23, 82.35),
+    },
+    "ucf101": {
+        "zeroshot": (70.53, 77.50, 73.85), "coop": (84.69, 56.05, 67.46), "cocoop": (82.33, 73.45, 77.64),
+        "kgcoop": (82.89, 76.67, 79.65), "maple": (83.00, 78.66, 80.77),
+    },
 }
 BASE_TO_NEW_AVERAGE = {
-    "zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83)
+    "zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83),
+    "kgcoop": (80.73, 73.60, 77.00), "maple": (82.28, 75.14, 78.55),
 }
 
 # Accuracy per evaluated dataset of the ImageNet-trained models (16 shots).
@@ -37,6 +86,10 @@ CROSS_DATASET = {
         ("imagenet", *CROSS_DATASET_TARGETS, "average"),
         (71.02, 94.43, 90.14, 65.32, 71.88, 86.06, 22.94, 67.36, 45.73, 45.37, 68.21, 65.74),
     )),
+    "maple": dict(zip(
+        ("imagenet", *CROSS_DATASET_TARGETS, "average"),
+        (70.72, 93.53, 90.49, 65.57, 72.23, 86.20, 24.74, 67.01, 46.49, 48.06, 68.69, 66.30),
+    )),
 }
 DOMAIN_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 _DOMAINS = ("imagenet", *DOMAIN_TARGETS)
@@ -44,6 +97,7 @@ DOMAIN_GENERALIZATION = {
     "zeroshot": dict(zip(_DOMAINS, (66.73, 60.83, 46.15, 47.77, 73.96))),
     "coop": dict(zip(_DOMAINS, (71.51, 64.20, 47.99, 49.71, 75.21))),
     "cocoop": dict(zip(_DOMAINS, (71.02, 64.07, 48.75, 50.63, 76.18))),
+    "maple": dict(zip(_DOMAINS, (70.72, 64.07, 49.15, 50.90, 76.98))),
 }
 
 

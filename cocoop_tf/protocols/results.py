@@ -17,7 +17,7 @@
   `"of_means"` (the harmonic mean of mean Base and mean New, the paper's H),
   `"mean"` and `"std"` of the per-seed H; cross-dataset adds `"average"`
   over the target datasets;
-- `published`: the paper's numbers for the same protocol and dataset
+- `published`: the methods' published numbers for the same protocol and dataset
   (`{method: {evaluation: percent}}`), or None.
 """
 
@@ -33,6 +33,7 @@ from cocoop_tf.files import write_text
 from cocoop_tf.models import get_method
 from cocoop_tf.protocols.config import method_settings
 from cocoop_tf.protocols.protocol import get_protocol
+from cocoop_tf.protocols.published import SOURCES
 
 RESULTS_FORMAT = "cocoop_tf.results/1"
 
@@ -119,6 +120,11 @@ def _cell(entry):
     return f"{value:.2f} ± {entry['std']:.2f}" if entry["std"] else f"{value:.2f}"
 
 
+def _listed(names):
+    """"A", "A and B", "A, B and C"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def markdown_table(results):
     """The summary as a Markdown table in the layout of the paper's tables."""
     columns = _columns(results)
@@ -132,19 +138,22 @@ def markdown_table(results):
         "|---|" + "---|" * len(columns),
     ]
     published = results.get("published") or {}
+    sources = {}  # source: the methods with (paper) rows from it
     for method, entry in results["summary"].items():
         lines.append(
             f"| {display_name(method)} | " + " | ".join(_cell(entry.get(key)) for key, _ in columns) + " |"
         )
         if method in published:
             paper = published[method]
+            sources.setdefault(SOURCES[method], []).append(display_name(method))
             lines.append(
                 f"| {display_name(method)} (paper) | "
                 + " | ".join(f"{paper[key]:.2f}" if key in paper else "" for key, _ in columns)
                 + " |"
             )
-    if published:
-        lines += ["", "Rows marked (paper) are the CoCoOp paper's ViT-B/16 numbers, mean of 3 seeds."]
+    if sources:
+        origins = "; ".join(f"{_listed(names)} from {source}" for source, names in sources.items())
+        lines += ["", f"Rows marked (paper) are published ViT-B/16 numbers, mean of 3 seeds: {origins}."]
     return "\n".join(lines) + "\n"
 
 
