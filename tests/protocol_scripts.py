@@ -77,11 +77,15 @@ def hold(output):
 DISTRIBUTED = dict(epochs=3, batch_size=4, eval_batch_size=2, eval_shard_size=2)
 
 
+# KgCoOp's loss term and MaPLe's deep prompts in both towers, beside CoCoOp, across replicas.
+MIRRORED_METHODS = dict(methods=["cocoop", "kgcoop", "maple"], prompt_depth=2)
+
+
 def mirrored(data_root, output):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    train(data_root, os.path.join(output, "one"), **DISTRIBUTED)
-    train(data_root, os.path.join(output, "two"), **DISTRIBUTED, strategy="mirrored")
+    train(data_root, os.path.join(output, "one"), **DISTRIBUTED, **MIRRORED_METHODS)
+    train(data_root, os.path.join(output, "two"), **DISTRIBUTED, **MIRRORED_METHODS, strategy="mirrored")
 
 
 def worker(index, data_root, output, option):

@@ -457,27 +457,30 @@ def _free_ports(count):
 
 
 def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root, tmp_path):
-    """MirroredStrategy on two CPUs, then two worker processes (one killed, then resumed)."""
-    result = _script("mirrored", data_root, tmp_path, "")
+    """MirroredStrategy on two CPUs (three methods), then two worker processes (one killed, then resumed)."""
+    result = _script("mirrored", data_root, tmp_path, "")  # CoCoOp, KgCoOp and MaPLe
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout and "1 replica(s)" in result.stdout
-    run = pathlib.Path("runs") / "cocoop_seed1"
-    one = load_file(tmp_path / "one" / run / "prompt.safetensors")
-    start = load_file(tmp_path / "one" / run / "checkpoints" / "epoch_001.safetensors")
-    assert any(not np.allclose(start[k], one[k]) for k in one)  # training moved the weights
-    predictions = np.load(tmp_path / "one" / run / "predictions" / "oxford_pets.npz")
-    assert len(set(predictions["predicted"])) > 1  # a comparison that could fail
 
-    def same_as_one_device(folder):
+    def same_as_one_device(folder, method="cocoop"):
+        run = pathlib.Path("runs") / f"{method}_seed1"
+        one = load_file(tmp_path / "one" / run / "prompt.safetensors")
+        start = load_file(tmp_path / "one" / run / "checkpoints" / "epoch_001.safetensors")
+        assert any(not np.allclose(start[k], one[k]) for k in one), method  # training moved the weights
         prompt = load_file(folder / run / "prompt.safetensors")
         for name in one:  # equal up to the order of float sums across replicas
-            assert np.max(np.abs(prompt[name] - one[name])) <= 1e-5 * np.max(np.abs(one[name])), name
+            assert np.max(np.abs(prompt[name] - one[name])) <= 1e-5 * np.max(np.abs(one[name])), (method, name)
+        predictions = np.load(tmp_path / "one" / run / "predictions" / "oxford_pets.npz")
         sharded = np.load(folder / run / "predictions" / "oxford_pets.npz")
         for name in ("labels", "predicted", "classnames"):
-            np.testing.assert_array_equal(sharded[name], predictions[name], err_msg=name)
+            np.testing.assert_array_equal(sharded[name], predictions[name], err_msg=f"{method} {name}")
         assert not (folder / run / "predictions" / "oxford_pets.shards").exists()
+        return predictions
 
-    same_as_one_device(tmp_path / "two")
+    predictions = same_as_one_device(tmp_path / "two")
+    assert len(set(predictions["predicted"])) > 1  # a comparison that could fail
+    for method in ("kgcoop", "maple"):
+        same_as_one_device(tmp_path / "two", method)
 
     # Two workers on loopback; worker 1 writes into a folder of its own, which must stay empty.
     ports = ",".join(map(str, _free_ports(2)))
