@@ -502,6 +502,7 @@ def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
     assert "2 replica(s)" in chief.stdout and "resumed after epoch 2" in chief.stdout
     assert "resumed after epoch 2 from the chief" in other.stdout
+    assert "retracing" not in chief.stderr + other.stderr  # gathering shards traces once
     same_as_one_device(tmp_path / "cluster")
     assert not (tmp_path / "worker1").exists()  # only the chief writes
 

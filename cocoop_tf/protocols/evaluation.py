@@ -102,6 +102,8 @@ def predict_split(
     ]
     step = _predict_step(model)
     run_step = tf.function(lambda inputs: strategy.run(step, args=(inputs,)), reduce_retracing=True)
+    # Traced once: an eager `strategy.gather` across workers builds a new function per call.
+    gather = tf.function(lambda values: strategy.gather(values, axis=0))
     before = sum(shards[k][1] - shards[k][0] for k in done)
     counted, started = before, time.time()
     last_report = started
@@ -129,7 +131,7 @@ def predict_split(
                     parts[i].append(np.asarray(output))
         predicted = [np.concatenate(p) if p else np.zeros([0], np.int32) for p in parts]
         if spans_workers(strategy):
-            predicted = _gather(strategy, first, predicted, shard_size, round_shards, shards)
+            predicted = _gather(strategy, gather, first, predicted, shard_size, round_shards, shards)
         else:
             predicted = predicted[: len(round_shards)]
         for k, values in zip(round_shards, predicted):
@@ -172,16 +174,17 @@ def _predict_step(model):
     return step
 
 
-def _gather(strategy, first, predicted, shard_size, round_shards, shards):
+def _gather(strategy, gather, first, predicted, shard_size, round_shards, shards):
     """Every replica's predictions of one round, in replica order, on every worker.
 
-    `first` is the global index of this worker's first replica.
+    `gather` is `strategy.gather` along axis 0 as a tf.function; `first` is the
+    global index of this worker's first replica.
     """
     padded = [np.pad(p, (0, shard_size - len(p)), constant_values=-1).astype(np.int32) for p in predicted]
     values = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(padded[context.replica_id_in_sync_group - first])
     )
-    gathered = np.asarray(strategy.gather(values, axis=0)).reshape(-1, shard_size)
+    gathered = np.asarray(gather(values)).reshape(-1, shard_size)
     return [row[: shards[k][1] - shards[k][0]] for k, row in zip(round_shards, gathered)]
 
 
