@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -67,6 +68,23 @@ def cli(*args, env=None, **kwargs):
         ["cocoop-tf", *map(str, args)], capture_output=True, text=True,
         env={**user_environment(), **(env or {})}, **kwargs,
     )
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """`cocoop-tf` in this process, for errors that stop a command before it starts work
+    (a process of its own adds TensorFlow's start-up, seconds, and nothing else to check)."""
+    from cocoop_tf.cli import main
+
+    def run(*args, env=None):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def recount(folder, results):
@@ -510,35 +528,35 @@ def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root
 # --- bad input ---------------------------------------------------------------------------
 
 
-def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch, cli_here):
     monkeypatch.delenv("COCOOP_TF_DATA", raising=False)
-    result = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
-                 "--output", tmp_path / "out", env={"COCOOP_TF_DATA": ""})
+    result = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
+                      "--output", tmp_path / "out", env={"COCOOP_TF_DATA": ""})
     assert result.returncode == 2 and "needs data_root=" in result.stderr
-    missing = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
-                  "--data-root", tmp_path / "nowhere", "--output", tmp_path / "out")
+    missing = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
+                       "--data-root", tmp_path / "nowhere", "--output", tmp_path / "out")
     assert missing.returncode == 2 and "oxford_pets" in missing.stderr
     assert "Traceback" not in result.stderr + missing.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_dataset_and_bad_settings(data_root, tmp_path):
-    result = cli("base2new", "--dataset", "oxford_petz", "--backbone", "random_tiny",
-                 "--data-root", data_root, "--output", tmp_path / "out")
+def test_unknown_dataset_and_bad_settings(data_root, tmp_path, cli_here):
+    result = cli_here("base2new", "--dataset", "oxford_petz", "--backbone", "random_tiny",
+                      "--data-root", data_root, "--output", tmp_path / "out")
     assert result.returncode == 2 and "Unknown dataset 'oxford_petz'" in result.stderr
-    bad = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--n-ctx", 16,
-              "--data-root", data_root, "--output", tmp_path / "out")
+    bad = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--n-ctx", 16,
+                   "--data-root", data_root, "--output", tmp_path / "out")
     assert bad.returncode == 2 and "set n_ctx to 4, or ctx_init to none" in bad.stderr
     config = tmp_path / "c.json"
     config.write_text('{"epoch": 3}')
-    typo = cli("train", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--config", config,
-               "--data-root", data_root, "--output", tmp_path / "out")
+    typo = cli_here("train", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--config", config,
+                    "--data-root", data_root, "--output", tmp_path / "out")
     assert typo.returncode == 2 and "Unknown setting 'epoch'" in typo.stderr
-    csc = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--class-specific",
-              "--methods", "coop", "--data-root", data_root, "--output", tmp_path / "out")
+    csc = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--class-specific",
+                   "--methods", "coop", "--data-root", data_root, "--output", tmp_path / "out")
     assert csc.returncode == 2 and "cannot be evaluated on other classes" in csc.stderr
-    crop = cli("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--crop-scale", 0.8, 0.2,
-               "--data-root", data_root, "--output", tmp_path / "out")
+    crop = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--crop-scale", 0.8, 0.2,
+                    "--data-root", data_root, "--output", tmp_path / "out")
     assert crop.returncode == 2 and "crop_scale must be [low, high]" in crop.stderr
     assert "Traceback" not in result.stderr + bad.stderr + typo.stderr + csc.stderr + crop.stderr
     with pytest.raises(ValueError, match='jit_compile must be true, false or "auto"'):
