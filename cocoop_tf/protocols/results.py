@@ -121,7 +121,7 @@ def _cell(entry):
 
 
 def _listed(names):
-    """"A", "A and B", "A, B and C"."""
+    """Names joined as in a sentence: A; A and B; A, B and C."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
