@@ -390,3 +390,40 @@ def test_class_list_checks_are_linear():
     assert clean_classnames(names)[-1] == "class 199999"
     with pytest.raises(ValueError, match=r"Duplicate class names: \['class 7'\]"):
         clean_classnames([*names, "class 7"])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda clip, names: cocoop_tf.CoOp(clip, names),
+        lambda clip, names: cocoop_tf.CoOp(clip, names, class_specific=True),
+        lambda clip, names: cocoop_tf.CoCoOp(clip, names, reduction=4),
+        lambda clip, names: cocoop_tf.KgCoOp(clip, names),
+        lambda clip, names: cocoop_tf.MaPLe(clip, names, prompt_depth=2),
+    ],
+    ids=["coop", "coop_csc", "cocoop", "kgcoop", "maple"],
+)
+def test_class_names_the_tokenizer_cannot_tell_apart_are_refused(clip, build):
+    message = "class names 'Great Pyrenees' and 'great  pyrenees' are the same text to CLIP's tokenizer"
+    with pytest.raises(ValueError, match=message):
+        build(clip, ["beagle", "Great_Pyrenees", "great  pyrenees", "boxer"])
+    model = build(clip, ["beagle", "Great_Pyrenees", "great pyrenees dog", "boxer"])
+    with pytest.raises(ValueError, match="'T-shirt' and 't - shirt' are the same text"):
+        model.set_classnames(["T-shirt", "t - shirt", "dress", "coat"])
+    assert model.classnames == ["beagle", "Great Pyrenees", "great pyrenees dog", "boxer"]
+    with pytest.raises(ValueError, match="'Cat' and 'cat' are the same text"):
+        model.tokenize_classnames(["Cat", "cat", "dog", "fox"])
+
+
+def test_train_command_refuses_class_folders_the_tokenizer_cannot_tell_apart(tmp_path, capsys):
+    from test_data_helpers import write_class_folders
+
+    from cocoop_tf.cli import main
+
+    write_class_folders(tmp_path / "images", {"Cat": 2, "cat": 2, "dog": 2})
+    code = main(["train", "--dataset", str(tmp_path / "images"), "--backbone", "random_tiny",
+                 "--shots", "1", "--epochs", "1", "--warmup-epochs", "0", "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1, error
+    assert "train: error: The class names 'Cat' and 'cat' are the same text to CLIP's tokenizer" in error
+    assert "could never predict 'cat'" in error

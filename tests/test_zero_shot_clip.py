@@ -1,5 +1,6 @@
 """ZeroShotCLIP: prompts, ensembling, class swaps, saving and bad input."""
 
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,43 @@ def test_class_name_too_long_is_named(clip):
 def test_bad_template(clip):
     with pytest.raises(ValueError, match="exactly one '\\{\\}'"):
         cocoop_tf.ZeroShotCLIP(clip, ["cat"], template="a photo")
+
+
+SAME_TO_THE_TOKENIZER = [
+    (["Cat", "cat"], "Cat", "cat"),
+    (["big  cat", "big cat"], "big  cat", "big cat"),  # spaces: collapsed by the tokenizer
+    (["T-shirt", "t - shirt"], "T-shirt", "t - shirt"),  # punctuation is a word of its own
+    (["rock &amp; roll", "rock & roll"], "rock &amp; roll", "rock & roll"),  # HTML unescaped
+    (["Abyssinian", "beagle", "american_bulldog", "American Bulldog"], "american bulldog", "American Bulldog"),
+]
+
+
+@pytest.mark.parametrize("names, first, second", SAME_TO_THE_TOKENIZER)
+def test_class_names_the_tokenizer_cannot_tell_apart_are_refused(clip, names, first, second):
+    message = f"class names '{first}' and '{second}' are the same text to CLIP's tokenizer"
+    with pytest.raises(ValueError, match=message):
+        cocoop_tf.ZeroShotCLIP(clip, names)
+    with pytest.raises(ValueError, match=message):
+        cocoop_tf.ZeroShotCLIP(clip, names, template=["a photo of a {}.", "art of the {}"])
+    model = cocoop_tf.ZeroShotCLIP(clip, ["x", "y"])
+    with pytest.raises(ValueError, match=message):
+        model.set_classnames(names)
+    assert model.classnames == ["x", "y"]  # the old class set stays
+
+
+def test_real_class_names_that_differ_only_in_words_are_kept(clip):
+    # Real names that look alike but tokenize apart (Caltech101, OxfordPets, UCF101).
+    names = ["Faces", "Faces_easy", "Abyssinian", "american_bulldog", "Apply_Eye_Makeup",
+             "Apply_Lipstick", "t-shirt", "tshirt", "747-400", "747-200"]
+    assert cocoop_tf.ZeroShotCLIP(clip, names).classnames[1] == "Faces easy"
+
+
+def test_zeroshot_command_refuses_names_the_tokenizer_cannot_tell_apart(capsys):
+    from cocoop_tf.cli import main
+
+    images = pathlib.Path(cocoop_tf.__file__).parent / "data" / "samples" / "chelsea.jpg"
+    code = main(["zeroshot", "--backbone", "random_tiny", "--classnames", "tabby_cat", "Tabby cat",
+                 "--images", str(images)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1, error
+    assert "zeroshot: error: The class names 'tabby cat' and 'Tabby cat' are the same text" in error

@@ -61,7 +61,30 @@ def tokenize_prompts(texts, classnames, context_length, reserved=0):
                 f"included) but the context length is {context_length}. Shorten "
                 "the class name."
             )
-    return tokenize(texts, context_length)
+    token_ids = tokenize(texts, context_length)
+    _check_distinct(token_ids, classnames)
+    return token_ids
+
+
+def _check_distinct(token_ids, classnames):
+    """Refuses two classes whose prompts are the same ids: the second could never be predicted.
+
+    CLIP's tokenizer lower-cases, collapses whitespace, fixes text (ftfy) and
+    splits punctuation into words of its own, so "Cat" and "cat", or
+    "t-shirt" and "t - shirt", are one text to the model.
+    """
+    rows = collections.defaultdict(list)  # a class's rows: one per template
+    for row, name in zip(token_ids, classnames):
+        rows[name].append(row.tobytes())
+    owners = {}
+    for name, texts in rows.items():
+        other = owners.setdefault(b"".join(texts), name)
+        if other != name:
+            raise ValueError(
+                f"The class names {other!r} and {name!r} are the same text to CLIP's tokenizer, "
+                "which ignores case, repeated spaces and spaces around punctuation: the model "
+                f"could never predict {name!r}. Rename one of the two classes, or merge them."
+            )
 
 
 def tokenize_classnames(classnames, context_length=77, n_ctx=0):
