@@ -3,7 +3,7 @@
     python protocol_scripts.py resume DATA_ROOT OUTPUT none|resume|kill_in_checkpoint_3|kill_writing_result
     python protocol_scripts.py hold DATA_ROOT OUTPUT -
     python protocol_scripts.py mirrored DATA_ROOT OUTPUT -
-    python protocol_scripts.py worker0|worker1 DATA_ROOT OUTPUT PORT,PORT[,die]
+    python protocol_scripts.py worker0|worker1 DATA_ROOT OUTPUT PORT,PORT[,die][,fresh]
     python protocol_scripts.py wide_prompt DATA_ROOT FILE -
 """
 
@@ -88,25 +88,101 @@ def mirrored(data_root, output):
     train(data_root, os.path.join(output, "two"), **DISTRIBUTED, **MIRRORED_METHODS, strategy="mirrored")
 
 
+def worker_arguments(data_root, output):
+    """The `cocoop-tf train` command of the worker runs, less --strategy (one device: the reference)."""
+    return [
+        "train", "--dataset", "oxford_pets", "--data-root", str(data_root), "--output", str(output),
+        "--backbone", "random_tiny", "--methods", "cocoop", "--seeds", "1", "--shots", "2", "--lr", "0.05",
+        "--epochs", str(DISTRIBUTED["epochs"]), "--batch-size", str(DISTRIBUTED["batch_size"]),
+        "--eval-batch-size", str(DISTRIBUTED["eval_batch_size"]),
+        "--eval-shard-size", str(DISTRIBUTED["eval_shard_size"]),
+    ]
+
+
 def worker(index, data_root, output, option):
-    """One of two workers on this machine; `die`: worker 1 is killed at the end of epoch 2."""
+    """One of two workers on this machine, through the command line (the user's one-line errors).
+
+    `option` is PORT,PORT[,die][,fresh]: `die` kills worker 1 at the end of epoch 2, `fresh`
+    starts the run without --resume (the command every worker gets first). Environment:
+    COCOOP_TEST_SLOW_FOLDER=SECONDS waits before the output folder is opened, so the other
+    worker gets there first; COCOOP_TEST_KILL=MOMENT kills this worker by SIGKILL at one
+    moment of the run: `first_epoch` (before its second step), `in_step` (during the first
+    step of epoch 2), `epoch_2` (after epoch 2), `evaluation` (as evaluation starts).
+    """
     import json
     import signal
+    import threading
+    import time
 
     import keras
 
-    ports, die = option.split(",")[:2], option.endswith(",die")
+    from cocoop_tf.cli import main
+    from cocoop_tf.protocols import run_folder
+
+    ports, flags = option.split(",")[:2], option.split(",")[2:]
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"localhost:{port}" for port in ports]},
         "task": {"type": "worker", "index": index},
     })
-    if die and index == 1:
+    kill = os.environ.get("COCOOP_TEST_KILL") or ("epoch_2" if "die" in flags and index == 1 else None)
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill == "epoch_2":
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
+                die()
 
         keras.callbacks.TerminateOnNaN.on_epoch_end = on_epoch_end
-    train(data_root, output, resume=not die, **DISTRIBUTED, strategy="multi_worker")
+    elif kill in ("first_epoch", "in_step"):
+        # first_epoch: before the second step of epoch 1, as the chief starts its all-reduce;
+        # in_step: 30 ms into the first step of epoch 2 (traced by then), mid-transfer.
+        epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if kill == "first_epoch" and epochs == [0] and batch == 1:
+                die()
+            if kill == "in_step" and epochs == [0, 1] and batch == 0:
+                threading.Timer(0.03, die).start()
+
+        keras.callbacks.TerminateOnNaN.on_epoch_begin = on_epoch_begin
+        keras.callbacks.TerminateOnNaN.on_train_batch_begin = on_train_batch_begin
+    elif kill == "evaluation":
+        from cocoop_tf.protocols import runner
+
+        def predict_split(*args, **kwargs):
+            die()
+
+        runner.predict_split = predict_split
+    elif kill:
+        raise ValueError(f"unknown COCOOP_TEST_KILL {kill!r}")
+    slow = float(os.environ.get("COCOOP_TEST_SLOW_FOLDER", 0))
+    if slow:
+        opened = run_folder.RunFolder.__init__
+
+        def open_later(self, *args, **kwargs):
+            time.sleep(slow)
+            opened(self, *args, **kwargs)
+
+        run_folder.RunFolder.__init__ = open_later
+    # The coordination service as MultiWorkerMirroredStrategy sets it up, but with a dead worker
+    # found after 4 s without heartbeats instead of 10 s, to keep the tests short.
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=len(ports))],
+        heartbeat_timeout_in_ms=4000,
+    )
+    args = worker_arguments(data_root, output) + ["--strategy", "multi_worker"]
+    if not ("die" in flags or "fresh" in flags):
+        args.append("--resume")
+    sys.exit(main(args))
 
 
 def wide_prompt(path):

@@ -57,14 +57,37 @@ def make_strategy(name, tpu=None):
 LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
 
 
+# How TensorFlow names a task: "/job:worker/replica:0/task:1".
+_TASK = r"/job:(\w+)/replica:\d+/task:(\d+)"
+
+
+def lost_tasks(message):
+    """The tasks that a lost-worker error names, as sorted `(job, index)` pairs.
+
+    TensorFlow names them in one of two forms: the coordination service lists
+    the tasks that stopped sending heartbeats after the word "unhealthy"; a
+    collective transfer that fails mid-way names the task at the other end as
+    "remote target /job:worker/replica:0/task:N". The first is preferred: a
+    transfer from a healthy worker can fail because a third one stopped.
+
+    Args:
+        message: the error's text.
+
+    Returns:
+        A list of `(job, index)`, empty when the text names no task.
+    """
+    tasks = re.findall(_TASK, message.partition("unhealthy")[2])
+    if not tasks:
+        tasks = re.findall(r"remote target " + _TASK, message)
+    return sorted({(job, int(index)) for job, index in tasks})
+
+
 class WorkerLostError(RuntimeError):
     """A worker of a multi-worker run stopped; the others stop too, and `--resume` continues."""
 
     @classmethod
     def from_error(cls, error, output):
-        # TensorFlow lists the tasks that stopped sending heartbeats after the word "unhealthy".
-        listed = error.message.partition("unhealthy")[2]
-        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", listed)))
+        tasks = lost_tasks(error.message)
         who = ", ".join(f"{job} {index}" for job, index in tasks) or "another worker"
         return cls(
             f"Lost contact with {who} of the cluster (it stopped, or its machine did), so this "

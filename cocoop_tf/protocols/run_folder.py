@@ -53,6 +53,10 @@ class RunFolder:
         self.path = os.fspath(path)
         self.write_files = write_files
         self._lock = None
+        if not write_files:
+            # A non-chief worker: the folder is the chief's, which may or may not have written
+            # run.json yet, or may be on a disk this worker does not see. Only the chief checks.
+            return
         run_file = os.path.join(self.path, RUN_FILE)
         ours = os.path.exists(run_file) or os.path.isdir(os.path.join(self.path, "runs"))
         if not ours and os.path.isdir(self.path) and [
