@@ -2,14 +2,13 @@
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 
 from cocoop_tf.export.signatures import model_info
 from cocoop_tf.export.signatures import serving_functions
-from cocoop_tf.files import make_public_folder
+from cocoop_tf.export.staging import replace_folder
+from cocoop_tf.export.staging import staging_folder
 
 INFO_FILE = os.path.join("assets.extra", "cocoop_tf.json")
 
@@ -33,7 +32,9 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
             a single-template `ZeroShotCLIP`, ...).
         export_dir: the model's base folder (TF Serving's `base_path`).
         version: positive integer version; TF Serving serves the highest.
-        overwrite: replace an existing export of this version.
+        overwrite: replace an existing export of this version. A server sees
+            the old version or the new one, whole, at every moment (see
+            `cocoop_tf.export.staging`).
 
     Returns:
         The version folder's path.
@@ -47,22 +48,22 @@ def export_saved_model(model, export_dir, version=1, overwrite=False):
             f"{path!r} already holds an export. Pick a new version (TF Serving "
             "serves the highest) or pass overwrite=True."
         )
-    # TF Serving watches `export_dir` and loads a version folder as soon as it
-    # appears: write elsewhere in the folder (a name that is not a version)
-    # and move the finished export into place.
-    os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
-    make_public_folder(staging)
-    try:
-        write_saved_model(model, staging)
-        os.makedirs(os.path.join(staging, os.path.dirname(INFO_FILE)))
-        with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as f:
+    # TF Serving loads a version folder as soon as it appears, and serves an
+    # existing one until it is replaced: write the export in a staging folder
+    # beside it (a name that is not a version) and put it in place whole.
+    with staging_folder(export_dir, str(version)) as staging:
+        new = os.path.join(staging, "new")
+        os.makedirs(new)
+        write_saved_model(model, new)
+        os.makedirs(os.path.join(new, os.path.dirname(INFO_FILE)))
+        with open(os.path.join(new, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.rename(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.exists(path) and os.listdir(path) and not overwrite:
+            raise FileExistsError(  # another export took this version meanwhile
+                f"{path!r} already holds an export. Pick a new version (TF Serving "
+                "serves the highest) or pass overwrite=True."
+            )
+        replace_folder(new, path, staging)
     return path
 
 
