@@ -79,6 +79,15 @@ class CLIPArchitecture:
     activation: str = "quick_gelu"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int and (
+                not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(
+                    f"The CLIP architecture's {field.name} is {value!r}; it must be a "
+                    "positive whole number."
+                )
         for width, heads, tower in (
             (self.vision_width, self.vision_heads, "vision"),
             (self.text_width, self.text_heads, "text"),

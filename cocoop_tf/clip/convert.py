@@ -5,6 +5,7 @@ layout, as NumPy arrays); one function then writes those into a keras-hub
 `CLIPBackbone`.
 """
 
+import math
 import re
 
 import numpy as np
@@ -47,6 +48,9 @@ def architecture_from_hf_config(config):
 
 def _architecture_from_hf_config(config):
     vision, text = config["vision_config"], config["text_config"]
+    for tower, name in ((vision, "vision_config"), (text, "text_config")):
+        if not isinstance(tower, dict):
+            raise CheckpointError(f"config.json's {name} is not a JSON object.")
     activations = {vision.get("hidden_act"), text.get("hidden_act")}
     if len(activations) != 1 or not activations <= {"quick_gelu", "gelu"}:
         raise CheckpointError(
@@ -60,21 +64,32 @@ def _architecture_from_hf_config(config):
                 "keras-hub's CLIP layers use 1e-5."
             )
     return CLIPArchitecture(
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        vision_width=vision["hidden_size"],
-        vision_layers=vision["num_hidden_layers"],
-        vision_heads=vision["num_attention_heads"],
-        vision_mlp_width=vision["intermediate_size"],
-        vocabulary_size=text["vocab_size"],
-        context_length=text["max_position_embeddings"],
-        text_width=text["hidden_size"],
-        text_layers=text["num_hidden_layers"],
-        text_heads=text["num_attention_heads"],
-        text_mlp_width=text["intermediate_size"],
-        projection_dim=config["projection_dim"],
+        image_size=_size(vision, "vision_config", "image_size"),
+        patch_size=_size(vision, "vision_config", "patch_size"),
+        vision_width=_size(vision, "vision_config", "hidden_size"),
+        vision_layers=_size(vision, "vision_config", "num_hidden_layers"),
+        vision_heads=_size(vision, "vision_config", "num_attention_heads"),
+        vision_mlp_width=_size(vision, "vision_config", "intermediate_size"),
+        vocabulary_size=_size(text, "text_config", "vocab_size"),
+        context_length=_size(text, "text_config", "max_position_embeddings"),
+        text_width=_size(text, "text_config", "hidden_size"),
+        text_layers=_size(text, "text_config", "num_hidden_layers"),
+        text_heads=_size(text, "text_config", "num_attention_heads"),
+        text_mlp_width=_size(text, "text_config", "intermediate_size"),
+        projection_dim=_size(config, None, "projection_dim"),
         activation=activations.pop(),
     )
+
+
+def _size(section, name, key):
+    """`section[key]`, a size from config.json's `name` section: a positive whole number."""
+    value = section[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        where = f"{name}.{key}" if name else key
+        raise CheckpointError(
+            f"config.json's {where} is {value!r:.40}; it must be a positive whole number."
+        )
+    return value
 
 
 def check_not_resnet(state_dict):
@@ -116,27 +131,44 @@ def architecture_from_openai(
         raise CheckpointError(
             f"Not an OpenAI-layout ViT CLIP state dict: {missing} missing."
         )
-    vision_width, _, patch_size, _ = state_dict["visual.conv1.weight"].shape
-    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    context_length, text_width = state_dict["positional_embedding"].shape
+    vision_width, _, patch_size, _ = _dims(state_dict, "visual.conv1.weight", 4)
+    positions, _ = _dims(state_dict, "visual.positional_embedding", 2)
+    grid = math.isqrt(positions - 1)
+    if positions < 2 or grid * grid != positions - 1:
+        raise CheckpointError(
+            f"visual.positional_embedding has {positions} rows; a ViT has one per "
+            "patch of a square grid plus one."
+        )
+    context_length, text_width = _dims(state_dict, "positional_embedding", 2)
     return CLIPArchitecture(
         image_size=grid * patch_size,
         patch_size=patch_size,
         vision_width=vision_width,
         vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
         vision_heads=vision_heads or vision_width // OPENAI_HEAD_WIDTH,
-        vision_mlp_width=state_dict[
-            "visual.transformer.resblocks.0.mlp.c_fc.weight"
-        ].shape[0],
-        vocabulary_size=state_dict["token_embedding.weight"].shape[0],
+        vision_mlp_width=_dims(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2)[0],
+        vocabulary_size=_dims(state_dict, "token_embedding.weight", 2)[0],
         context_length=context_length,
         text_width=text_width,
         text_layers=_count_blocks(state_dict, "transformer.resblocks."),
         text_heads=text_heads or text_width // OPENAI_HEAD_WIDTH,
-        text_mlp_width=state_dict["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        projection_dim=state_dict["text_projection"].shape[1],
+        text_mlp_width=_dims(state_dict, "transformer.resblocks.0.mlp.c_fc.weight", 2)[0],
+        projection_dim=_dims(state_dict, "text_projection", 2)[1],
         activation=activation,
     )
+
+
+def _dims(state_dict, key, rank):
+    """The shape of `state_dict[key]`, which must exist, have `rank` axes and not be empty."""
+    if key not in state_dict:
+        raise CheckpointError(f"Not an OpenAI-layout ViT CLIP state dict: {key!r} missing.")
+    shape = tuple(np.shape(state_dict[key]))
+    if len(shape) != rank or not all(shape):
+        raise CheckpointError(
+            f"{key} has shape {shape}; an OpenAI-layout ViT CLIP has a non-empty "
+            f"{rank}-axis tensor there."
+        )
+    return shape
 
 
 def openai_to_hf_names(state_dict):
@@ -158,12 +190,18 @@ def openai_to_hf_names(state_dict):
             if match:
                 block = f"{hf_prefix}encoder.layers.{match.group(1)}."
                 name = match.group(2)
-                if name.startswith("attn.in_proj_"):
+                if name in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                    if np.ndim(value) == 0 or np.shape(value)[0] % 3:
+                        raise CheckpointError(
+                            f"{key} has shape {np.shape(value)}: packed query, key and "
+                            "value projections need a first axis divisible by 3."
+                        )
                     kind = name.rsplit("_", 1)[1]  # "weight" or "bias"
                     for part, chunk in zip("qkv", np.split(value, 3, axis=0)):
                         renamed[f"{block}self_attn.{part}_proj.{kind}"] = chunk
                 else:
-                    renamed[block + _OPENAI_BLOCK_NAMES[name]] = value
+                    # An unknown name stays as it is: the check reports it as unexpected.
+                    renamed[block + _OPENAI_BLOCK_NAMES.get(name, name)] = value
                 break
         else:
             if key in _OPENAI_NAMES:
@@ -291,6 +329,109 @@ def _assignments(backbone):
 _HF_IGNORED = re.compile(r".*embeddings\.position_ids$")
 
 
+# Far beyond released CLIP models (ViT-bigG has 48 blocks): more is a damaged file.
+MAX_BLOCKS = 256
+
+
+def hf_tensor_shapes(architecture):
+    """The Hugging Face `CLIPModel` tensors of an architecture and their shapes.
+
+    Args:
+        architecture: a `CLIPArchitecture`.
+
+    Returns:
+        dict from HF parameter name to shape (PyTorch layout).
+    """
+    a = architecture
+    vision, text = "vision_model.", "text_model."
+    positions = (a.image_size // a.patch_size) ** 2 + 1
+    shapes = {
+        f"{vision}embeddings.patch_embedding.weight": (
+            a.vision_width, 3, a.patch_size, a.patch_size
+        ),
+        f"{vision}embeddings.class_embedding": (a.vision_width,),
+        f"{vision}embeddings.position_embedding.weight": (positions, a.vision_width),
+        f"{text}embeddings.token_embedding.weight": (a.vocabulary_size, a.text_width),
+        f"{text}embeddings.position_embedding.weight": (a.context_length, a.text_width),
+        "visual_projection.weight": (a.projection_dim, a.vision_width),
+        "text_projection.weight": (a.projection_dim, a.text_width),
+        "logit_scale": (),
+    }
+    for name in (f"{vision}pre_layrnorm", f"{vision}post_layernorm", f"{text}final_layer_norm"):
+        width = a.text_width if name.startswith(text) else a.vision_width
+        shapes[f"{name}.weight"] = shapes[f"{name}.bias"] = (width,)
+    towers = (
+        (vision, a.vision_layers, a.vision_width, a.vision_mlp_width),
+        (text, a.text_layers, a.text_width, a.text_mlp_width),
+    )
+    for prefix, layers, width, mlp_width in towers:
+        for i in range(layers):
+            block = f"{prefix}encoder.layers.{i}."
+            for norm in ("layer_norm1", "layer_norm2"):
+                shapes[f"{block}{norm}.weight"] = shapes[f"{block}{norm}.bias"] = (width,)
+            for part in "qkv":
+                shapes[f"{block}self_attn.{part}_proj.weight"] = (width, width)
+                shapes[f"{block}self_attn.{part}_proj.bias"] = (width,)
+            shapes[f"{block}self_attn.out_proj.weight"] = (width, width)
+            shapes[f"{block}self_attn.out_proj.bias"] = (width,)
+            shapes[f"{block}mlp.fc1.weight"] = (mlp_width, width)
+            shapes[f"{block}mlp.fc1.bias"] = (mlp_width,)
+            shapes[f"{block}mlp.fc2.weight"] = (width, mlp_width)
+            shapes[f"{block}mlp.fc2.bias"] = (width,)
+    return shapes
+
+
+def check_tensors(architecture, tensors):
+    """Checks a checkpoint's tensors against the architecture read from it.
+
+    Run before building the backbone: the architecture comes from a few
+    tensors (or config.json numbers), and building it allocates what they
+    declare. Once every tensor it needs is present with its shape, the
+    backbone is no larger than the weights the file really holds.
+
+    Args:
+        architecture: the `CLIPArchitecture` read from the checkpoint.
+        tensors: dict of HF parameter names to arrays (PyTorch layout).
+
+    Raises:
+        CheckpointError: too many blocks, or a tensor missing, unexpected,
+            of the wrong shape or not floating point.
+    """
+    a = architecture
+    for tower, layers in (("vision", a.vision_layers), ("text", a.text_layers)):
+        if layers > MAX_BLOCKS:
+            raise CheckpointError(
+                f"The checkpoint declares {layers} {tower} transformer blocks; CLIP "
+                f"models have at most {MAX_BLOCKS} (a damaged file?)."
+            )
+    shapes = hf_tensor_shapes(architecture)
+    _check_names(shapes.keys(), tensors)
+    for name, shape in shapes.items():
+        value = tensors[name]
+        if tuple(np.shape(value)) != shape:
+            raise CheckpointError(
+                f"{name}: shape {tuple(np.shape(value))} does not fit {shape}, the shape "
+                "the checkpoint's other tensors imply."
+            )
+        dtype = np.asarray(value).dtype
+        # bfloat16 is ml_dtypes' (registered with NumPy by TensorFlow), not a NumPy float.
+        if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+            raise CheckpointError(f"{name} holds {dtype} values; CLIP weights are floating point.")
+
+
+def _check_names(expected, tensors):
+    missing = sorted(expected - tensors.keys())
+    unexpected = sorted(
+        k for k in tensors.keys() - expected if not _HF_IGNORED.match(k)
+    )
+    if missing or unexpected:
+        raise CheckpointError(
+            "The checkpoint does not match a ViT CLIP model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
+        )
+
+
 def load_hf_weights(backbone, tensors):
     """Writes Hugging Face `CLIPModel` tensors into a keras-hub backbone.
 
@@ -302,17 +443,7 @@ def load_hf_weights(backbone, tensors):
         CheckpointError: a tensor is missing, unexpected or of the wrong shape.
     """
     pairs = _assignments(backbone)
-    expected = {name for _, name, _ in pairs}
-    missing = sorted(expected - tensors.keys())
-    unexpected = sorted(
-        k for k in tensors.keys() - expected if not _HF_IGNORED.match(k)
-    )
-    if missing or unexpected:
-        raise CheckpointError(
-            "The checkpoint does not match a ViT CLIP model: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
-        )
+    _check_names({name for _, name, _ in pairs}, tensors)
     for variable, name, transform in pairs:
         value = np.asarray(transform(np.asarray(tensors[name], dtype=np.float32)))
         if tuple(value.shape) != tuple(variable.shape):
@@ -337,6 +468,8 @@ def backbone_from_openai(
     architecture = architecture_from_openai(
         state_dict, vision_heads, text_heads, activation
     )
+    tensors = openai_to_hf_names(state_dict)
+    check_tensors(architecture, tensors)
     backbone = build_backbone(architecture, dtype=dtype)
-    load_hf_weights(backbone, openai_to_hf_names(state_dict))
+    load_hf_weights(backbone, tensors)
     return backbone

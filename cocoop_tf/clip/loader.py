@@ -14,10 +14,14 @@ from cocoop_tf.clip.backbone import architecture_of
 from cocoop_tf.clip.backbone import build_backbone
 from cocoop_tf.clip.backbone import freeze
 from cocoop_tf.clip.backbone import random_backbone
+from cocoop_tf.clip.checkpoint_bounds import check_legacy_torch_sizes
+from cocoop_tf.clip.checkpoint_bounds import check_view_bytes
+from cocoop_tf.clip.checkpoint_bounds import check_zip_sizes
 from cocoop_tf.clip.convert import CheckpointError
 from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
 from cocoop_tf.clip.convert import check_not_resnet
+from cocoop_tf.clip.convert import check_tensors
 from cocoop_tf.clip.convert import load_hf_weights
 from cocoop_tf.clip.named_backbones import registered_backbones
 from cocoop_tf.clip.torchscript import is_torchscript_archive
@@ -127,11 +131,20 @@ def _load_folder(folder, dtype):
             "Pass a Hugging Face CLIPModel folder, a keras-hub preset folder or "
             "an OpenAI .pt/.safetensors file."
         )
-    with open(config_path) as f:
-        config = json.load(f)
+    try:
+        with open(config_path, "rb") as f:
+            config = json.load(f)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError too
+        raise CheckpointError(f"{config_path} is not valid JSON ({error}).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} holds no JSON object, so it is no model config.")
     if "model_type" in config:
-        backbone = build_backbone(architecture_from_hf_config(config), dtype=dtype)
-        load_hf_weights(backbone, _read_hf_tensors(folder))
+        architecture = architecture_from_hf_config(config)
+        tensors = _read_hf_tensors(folder)
+        # Before building: the backbone config.json describes must be the one the weights fill.
+        check_tensors(architecture, tensors)
+        backbone = build_backbone(architecture, dtype=dtype)
+        load_hf_weights(backbone, tensors)
         return backbone
     if "registered_name" in config or "class_name" in config:
         return _load_keras_hub_preset(folder, dtype)
@@ -144,9 +157,7 @@ def _load_folder(folder, dtype):
 def _read_hf_tensors(folder):
     safetensors_path = os.path.join(folder, "model.safetensors")
     if os.path.isfile(safetensors_path):
-        from safetensors.numpy import load_file
-
-        return load_file(safetensors_path)
+        return _read_safetensors(safetensors_path)
     torch_path = os.path.join(folder, "pytorch_model.bin")
     if os.path.isfile(torch_path):
         return _read_state_dict(torch_path)
@@ -159,19 +170,49 @@ def _read_hf_tensors(folder):
 def _read_state_dict(path):
     """Reads a state dict file into NumPy float arrays."""
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        state_dict = load_file(path)
+        state_dict = _read_safetensors(path)
     else:
         state_dict = _read_torch_file(path)
-    if "state_dict" in state_dict:  # open_clip training checkpoints
+    if isinstance(state_dict.get("state_dict"), dict):  # open_clip training checkpoints
         state_dict = state_dict["state_dict"]
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     check_not_resnet(state_dict)
     return state_dict
 
 
+# Real CLIP headers are tens of kilobytes; the safetensors library allows 100 MB.
+_MAX_SAFETENSORS_HEADER = 16 << 20
+
+
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    with open(path, "rb") as f:
+        declared = int.from_bytes(f.read(8), "little")
+    if declared > _MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(
+            f"{path!r} is not a readable safetensors file: its header declares "
+            f"{declared:,} bytes, more than any CLIP checkpoint's (damaged or hostile)."
+        )
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise CheckpointError(f"{path!r} is not a readable safetensors file ({error}).") from None
+    except TypeError as error:  # a dtype NumPy lacks, e.g. bfloat16
+        raise CheckpointError(
+            f"{path!r} holds tensors NumPy cannot read ({error}); save it as float32 or "
+            "float16."
+        ) from None
+
+
 def _read_torch_file(path):
+    if zipfile.is_zipfile(path):
+        check_zip_sizes(path)
+    elif _is_legacy_torch_file(path):
+        check_legacy_torch_sizes(path)
+    else:
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint file.")
     if is_torchscript_archive(path):
         # OpenAI's released .pt files are TorchScript archives: read their
         # tensors without running the code they carry (no PyTorch needed).
@@ -186,8 +227,6 @@ def _read_torch_file(path):
             f"Reading {path!r} needs PyTorch (`pip install torch`); or convert "
             "the state dict to .safetensors once and load that."
         ) from None
-    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
-        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint file.")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -198,13 +237,54 @@ def _read_torch_file(path):
             "code. Save only the state dict (torch.save(model.state_dict(), path)) or "
             "convert it to .safetensors, and load that."
         ) from None
-    if "state_dict" in state_dict:
+    except MemoryError:
+        raise
+    except Exception as error:
+        # weights_only unpickling runs no code of the file's: what fails is its data.
+        raise CheckpointError(
+            f"{path!r} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})."
+        ) from None
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{path!r} holds a {type(state_dict).__name__}, not a state dict; save "
+            "model.state_dict()."
+        )
+    tensors = {
+        key: value
+        for key, value in state_dict.items()
+        if isinstance(key, str) and isinstance(value, torch.Tensor)
+    }
+    _check_torch_tensors(tensors, path)
     return {
         key: value.float().numpy() if value.is_floating_point() else value.numpy()
-        for key, value in state_dict.items()
-        if isinstance(value, torch.Tensor)
+        for key, value in tensors.items()
     }
+
+
+def _check_torch_tensors(tensors, path):
+    """Plain CPU tensors only, and no more of them than their storages hold.
+
+    Checked before `.float()` copies them: one storage can back many views.
+    """
+    import torch
+
+    storages = {}
+    view_bytes = 0
+    for key, value in tensors.items():
+        plain = value.layout == torch.strided and not value.is_meta
+        if not plain or value.is_quantized or value.is_complex():
+            raise CheckpointError(
+                f"{path!r}: {key} is a {value.layout} {value.dtype} tensor"
+                f"{' on the meta device' if value.is_meta else ''}; CLIP weights are "
+                "dense real tensors."
+            )
+        storage = value.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        view_bytes += value.numel() * value.element_size()
+    check_view_bytes(view_bytes, sum(storages.values()), path)
 
 
 def _is_legacy_torch_file(path):

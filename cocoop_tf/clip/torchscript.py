@@ -13,11 +13,18 @@ PyTorch is not needed.
 """
 
 import collections
+import io
+import math
 import pickle
 import zipfile
 
 import numpy as np
 
+from cocoop_tf.clip.checkpoint_bounds import STORAGE_ITEMSIZES
+from cocoop_tf.clip.checkpoint_bounds import check_pickle_lengths
+from cocoop_tf.clip.checkpoint_bounds import check_view_bytes
+from cocoop_tf.clip.checkpoint_bounds import check_zip_sizes
+from cocoop_tf.clip.checkpoint_bounds import read_zip_member
 from cocoop_tf.clip.convert import CheckpointError
 
 # The storage classes a TorchScript archive names, and their NumPy types.
@@ -52,25 +59,26 @@ class _Module:
         self.state = state
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_):
-    if not size:
-        return np.array(storage[offset])
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * storage.itemsize for s in stride)
-    )
-    return np.ascontiguousarray(view)
+# Beyond any real tensor's dimension or stride; keeps the size arithmetic small.
+_MAX_DIM = 1 << 48
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _TensorUnpickler(pickle.Unpickler):
     def __init__(self, file, archive, prefix, path):
         super().__init__(file)
         self.archive, self.prefix, self.path = archive, prefix, path
+        self.storages = {}  # key -> array, each storage read once
+        self.view_bytes = 0
 
     def find_class(self, module, name):
         if module == "__torch__" or module.startswith("__torch__."):
             return type(name, (_Module,), {})
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
+            return self.rebuild_tensor
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -85,14 +93,86 @@ class _TensorUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise CheckpointError(f"{self.path!r}: unknown storage reference {pid!r:.80}.")
         _, storage_type, key, _, numel = pid[:5]
-        data = self.archive.read(f"{self.prefix}data/{key}")
-        dtype = _STORAGE_DTYPES.get(storage_type)
+        dtype = _STORAGE_DTYPES.get(storage_type) if isinstance(storage_type, str) else None
         if dtype is None:
-            raise CheckpointError(f"{self.path!r}: unsupported storage type {storage_type!r}.")
+            raise CheckpointError(f"{self.path!r}: unsupported storage type {storage_type!r:.40}.")
+        if not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise CheckpointError(f"{self.path!r}: unreadable storage reference {pid!r:.80}.")
+        if key not in self.storages:
+            self.storages[key] = self._read_storage(key, dtype, storage_type, numel)
+        storage = self.storages[key]
+        if storage.size != numel:
+            raise CheckpointError(
+                f"{self.path!r}: storage {key!r} is referenced with {numel} and "
+                f"{storage.size} elements."
+            )
+        return storage
+
+    def _read_storage(self, key, dtype, storage_type, numel):
+        name = f"{self.prefix}data/{key}"
+        nbytes = numel * STORAGE_ITEMSIZES[storage_type]
+        try:
+            declared = self.archive.getinfo(name).file_size
+        except KeyError:
+            raise CheckpointError(f"{self.path!r} lacks the storage {name!r}.") from None
+        # Checked before reading: the member must hold what the pickle declares.
+        if declared < nbytes:
+            raise CheckpointError(
+                f"{self.path!r}: storage {name!r} declares {numel} elements "
+                f"({nbytes:,} bytes) but holds {declared:,} bytes."
+            )
+        data = read_zip_member(self.archive, name, self.path)[:nbytes]
+        if len(data) < nbytes:
+            raise CheckpointError(f"{self.path!r}: storage {name!r} is truncated.")
         if dtype == "bfloat16":  # the high halves of float32 values
-            bits = np.frombuffer(data, np.uint16)[:numel].astype(np.uint32) << 16
+            bits = np.frombuffer(data, np.uint16).astype(np.uint32) << 16
             return bits.view(np.float32)
-        return np.frombuffer(data, dtype)[:numel]
+        return np.frombuffer(data, dtype)
+
+    def rebuild_tensor(self, storage, offset, size, stride, *_):
+        """The tensor a pickle describes, after checking it lies inside its storage.
+
+        `as_strided` trusts its arguments: an offset, size or stride past the
+        storage would read the process's memory (or crash it).
+        """
+        shape = tuple(size) if isinstance(size, (tuple, list)) else None
+        steps = tuple(stride) if isinstance(stride, (tuple, list)) else None
+        if (
+            not isinstance(storage, np.ndarray)
+            or not _is_int(offset)
+            or shape is None
+            or steps is None
+            or len(shape) != len(steps)
+            or not all(_is_int(n) and 0 <= n < _MAX_DIM for n in shape + steps + (offset,))
+        ):
+            raise CheckpointError(
+                f"{self.path!r}: a tensor has an unreadable offset, size or stride "
+                f"({offset!r:.40}, {size!r:.80}, {stride!r:.80})."
+            )
+        numel = math.prod(shape)
+        last = offset + sum((n - 1) * step for n, step in zip(shape, steps))
+        if (numel or not shape) and last >= storage.size:
+            raise CheckpointError(
+                f"{self.path!r}: a tensor of size {list(shape)}, stride {list(steps)} "
+                f"and offset {offset} runs past its storage of {storage.size} elements "
+                "(a damaged or hostile file)."
+            )
+        # Checked before copying: views can repeat one storage many times over.
+        self.view_bytes += numel * storage.itemsize
+        check_view_bytes(
+            self.view_bytes, sum(s.nbytes for s in self.storages.values()), self.path
+        )
+        if not shape:
+            return np.array(storage[offset])
+        if not numel:
+            return np.zeros(shape, storage.dtype)
+        view = np.lib.stride_tricks.as_strided(
+            storage[offset:],
+            shape=shape,
+            strides=tuple(step * storage.itemsize for step in steps),
+            writeable=False,
+        )
+        return np.ascontiguousarray(view)
 
 
 def _flatten(value, prefix, out):
@@ -121,16 +201,27 @@ def read_torchscript_tensors(path):
             tensors, or the archive is not little-endian.
     """
     path = str(path)
+    check_zip_sizes(path)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
             raise CheckpointError(f"{path!r} is a zip file without a TorchScript data.pkl.")
         prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
+        byteorder = f"{prefix}byteorder"
+        if byteorder in names and read_zip_member(archive, byteorder, path).strip() != b"little":
             raise CheckpointError(f"{path!r} stores big-endian tensors, which are not supported.")
-        with archive.open(pickles[0]) as f:
-            root = _TensorUnpickler(f, archive, prefix, path).load()
-    tensors = {}
-    _flatten(root, "", tensors)
+        data = read_zip_member(archive, pickles[0], path)
+        check_pickle_lengths(data, path)
+        unpickler = _TensorUnpickler(io.BytesIO(data), archive, prefix, path)
+        tensors = {}
+        try:
+            _flatten(unpickler.load(), "", tensors)
+        except (CheckpointError, MemoryError):
+            raise
+        except Exception as error:
+            # The unpickler calls nothing but the rebuilders above: what fails is the data.
+            raise CheckpointError(
+                f"{path!r} holds a damaged pickle ({type(error).__name__}: {error})."
+            ) from None
     return tensors
