@@ -11,6 +11,10 @@ can read an export.
 import os
 import tempfile
 
+# A staging file is `.<name>.<random>.partial` beside its destination: hidden, and named
+# so that `remove_staging` tells it from every other file.
+STAGING_SUFFIX = ".partial"
+
 
 def _umask():
     mask = os.umask(0)
@@ -28,7 +32,9 @@ def write_bytes(path, data):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    descriptor, staging = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=STAGING_SUFFIX, dir=folder
+    )
     try:
         with os.fdopen(descriptor, "wb") as f:
             f.write(data)
@@ -36,7 +42,7 @@ def write_bytes(path, data):
             os.fsync(f.fileno())
         os.chmod(staging, 0o666 & ~_umask())
         os.replace(staging, path)
-    except BaseException:
+    except BaseException:  # a full disk, Ctrl-C or SIGTERM: no staging file left behind
         if os.path.exists(staging):
             os.remove(staging)
         raise
@@ -45,6 +51,36 @@ def write_bytes(path, data):
 def write_text(path, text):
     """Writes UTF-8 text to `path` atomically; see `write_bytes`."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def is_staging(name):
+    """Whether a file name is one of `write_bytes`'s staging files."""
+    return name.startswith(".") and name.endswith(STAGING_SUFFIX) and name.count(".") >= 3
+
+
+def remove_staging(folder):
+    """Deletes the staging files a killed process (SIGKILL, power loss) left under `folder`.
+
+    Only call it while no other process writes there (e.g. holding the
+    folder's lock).
+
+    Args:
+        folder: searched with its subfolders; symbolic links are not followed.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for where, _, names in os.walk(os.fspath(folder)):
+        for name in names:
+            if is_staging(name):
+                path = os.path.join(where, name)
+                try:
+                    os.remove(path)
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def save_safetensors(path, tensors, metadata=None):

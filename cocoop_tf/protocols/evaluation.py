@@ -197,13 +197,43 @@ def _finished_shards(shard_dir, shards):
         key = match and (int(match.group(1)), int(match.group(2)))
         if key not in wanted:
             continue  # written with another batch or shard size
-        try:
-            values = np.load(path)
-        except (OSError, ValueError, EOFError):
-            continue  # damaged: predicted again
-        if values.shape == (key[1] - key[0],):
-            done[wanted[key]] = values.astype(np.int32)
+        values = _read_array(path, key[1] - key[0])
+        if values is not None:  # else damaged: predicted again
+            done[wanted[key]] = values
     return done
+
+
+def _read_array(path, length):
+    """The int32 vector of `length` in an `.npy` file, or None when the file is anything else.
+
+    The header's shape and type are checked, and the file's size against
+    them, before any array is allocated; no pickle is ever read.
+    """
+    try:
+        if not os.path.isfile(path):
+            return None  # a FIFO or a device would block or never end
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f)
+            offset = f.tell()
+        if shape != (length,) or dtype.kind not in "iu" or dtype.hasobject:
+            return None
+        if os.path.getsize(path) != offset + length * dtype.itemsize:
+            return None
+        return np.load(path, allow_pickle=False).astype(np.int32)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _npy_header(f):
+    """`(shape, dtype)` from the header of an open `.npy` file (ValueError if it has none)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unknown .npy version {version}")
+    return shape, dtype
 
 
 def _npy(values):
@@ -221,12 +251,43 @@ def _duration(seconds):
 
 
 def save_predictions(path, labels, predicted, classnames):
-    """Writes labels, predictions and class names to an `.npz` file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez_compressed(path, labels=labels, predicted=predicted, classnames=np.array(classnames))
+    """Writes labels, predictions and class names to an `.npz` file, whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=labels, predicted=predicted, classnames=np.array(classnames))
+    write_bytes(path, buffer.getvalue())
+
+
+# A predictions file holds two int32 vectors and the class names: far below this.
+_MAX_PREDICTIONS_BYTES = 1 << 30
 
 
 def load_predictions(path):
-    """Reads a predictions file: `(labels, predicted, classnames)`."""
-    with np.load(path) as data:
-        return data["labels"], data["predicted"], [str(c) for c in data["classnames"]]
+    """Reads a predictions file: `(labels, predicted, classnames)`.
+
+    The sizes its members declare are checked before anything is read, so a
+    damaged or hostile file fails with ValueError instead of allocating
+    without bound; no pickle is ever read.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            needed = [f"{name}.npy" for name in ("labels", "predicted", "classnames")]
+            missing = [name for name in needed if name not in members]
+            if missing:
+                raise ValueError(f"it lacks {', '.join(missing)}")
+            if sum(members[name].file_size for name in needed) > _MAX_PREDICTIONS_BYTES:
+                raise ValueError("its members declare more than 1 GiB")
+            arrays = {}
+            for name in needed:
+                with archive.open(name) as f:
+                    shape, dtype = _npy_header(f)
+                    if len(shape) != 1 or dtype.hasobject or shape[0] * dtype.itemsize > members[name].file_size:
+                        raise ValueError(f"{name} is not a vector of the size the archive declares")
+                arrays[name[:-4]] = np.load(archive.open(name), allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"{os.fspath(path)!r} is not a readable predictions file: {error}") from None
+    return arrays["labels"], arrays["predicted"], [str(c) for c in arrays["classnames"]]

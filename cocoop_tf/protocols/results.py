@@ -23,12 +23,14 @@
 
 import csv
 import importlib.metadata
+import io
 import json
 import os
 import platform
 
 import numpy as np
 
+from cocoop_tf.files import write_bytes
 from cocoop_tf.files import write_text
 from cocoop_tf.models import get_method
 from cocoop_tf.protocols.config import method_settings
@@ -206,18 +208,19 @@ def _settings_lines(results):
 
 def write_csv(path, results):
     """One row per method, seed and evaluation: the raw numbers behind the summary."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["protocol", "source", "method", "seed", "evaluation", "accuracy"])
-        for run in results["runs"]:
-            values = dict(run["accuracy"])
-            if "h" in run:
-                values["h"] = run["h"]
-            for key, value in values.items():
-                writer.writerow(
-                    [results["protocol"], results.get("source") or "", run["method"],
-                     "" if run["seed"] is None else run["seed"], key, f"{value:.4f}"]
-                )
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["protocol", "source", "method", "seed", "evaluation", "accuracy"])
+    for run in results["runs"]:
+        values = dict(run["accuracy"])
+        if "h" in run:
+            values["h"] = run["h"]
+        for key, value in values.items():
+            writer.writerow(
+                [results["protocol"], results.get("source") or "", run["method"],
+                 "" if run["seed"] is None else run["seed"], key, f"{value:.4f}"]
+            )
+    write_text(path, f.getvalue())  # whole or not at all, as every results file
 
 
 def plot(path, results):
@@ -255,4 +258,6 @@ def plot(path, results):
     axes.set_title(f"{get_protocol(results['protocol']).title}: {results.get('source') or ''}".rstrip(": "))
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.tight_layout()
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    write_bytes(path, image.getvalue())  # a full disk leaves no empty results.png
