@@ -349,3 +349,24 @@ def test_hostile_checkpoint_through_the_command_line(openai_state, tmp_path, cap
     with memory_limit():
         err = _zeroshot_error(path, capsys)
     assert err.startswith("cocoop-tf zeroshot: error: The checkpoint declares 5000 text"), err
+
+
+# --- keras-hub preset folders ---------------------------------------------------
+
+
+def test_keras_hub_preset_folder_declaring_more_than_its_weights(tmp_path):
+    import h5py
+
+    cocoop_tf.load_clip("random_tiny").save_to_preset(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    original = json.dumps(config)
+    config["config"]["text_encoder"]["config"]["num_layers"] = 5000
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _load_refused(tmp_path, r"describes a CLIP of [\d,]+ parameters \(2 \+ 5000 blocks\)")
+    # HDF5 can declare a dataset it stores nothing of: 40 GB read as fill values.
+    (tmp_path / "config.json").write_text(original)
+    with h5py.File(tmp_path / "model.weights.h5", "a") as f:
+        name = "layers/clip_text_encoder/layers/token_and_position_embedding/token_embedding/vars/0"
+        del f[name]
+        f.create_dataset(name, shape=(100_000, 100_000), dtype="float32", chunks=(1000, 1000))
+    _load_refused(tmp_path, r"model.weights.h5'?: its datasets declare 40,00[\d,]+ bytes")

@@ -1,6 +1,7 @@
 """`load_clip`: a frozen keras-hub CLIP backbone from wherever a user holds CLIP."""
 
 import json
+import math
 import os
 import pickle
 import re
@@ -14,14 +15,17 @@ from cocoop_tf.clip.backbone import architecture_of
 from cocoop_tf.clip.backbone import build_backbone
 from cocoop_tf.clip.backbone import freeze
 from cocoop_tf.clip.backbone import random_backbone
+from cocoop_tf.clip.checkpoint_bounds import SLACK_BYTES
 from cocoop_tf.clip.checkpoint_bounds import check_legacy_torch_sizes
 from cocoop_tf.clip.checkpoint_bounds import check_view_bytes
 from cocoop_tf.clip.checkpoint_bounds import check_zip_sizes
+from cocoop_tf.clip.convert import MAX_BLOCKS
 from cocoop_tf.clip.convert import CheckpointError
 from cocoop_tf.clip.convert import architecture_from_hf_config
 from cocoop_tf.clip.convert import backbone_from_openai
 from cocoop_tf.clip.convert import check_not_resnet
 from cocoop_tf.clip.convert import check_tensors
+from cocoop_tf.clip.convert import hf_tensor_shapes
 from cocoop_tf.clip.convert import load_hf_weights
 from cocoop_tf.clip.named_backbones import registered_backbones
 from cocoop_tf.clip.torchscript import is_torchscript_archive
@@ -147,11 +151,71 @@ def _load_folder(folder, dtype):
         load_hf_weights(backbone, tensors)
         return backbone
     if "registered_name" in config or "class_name" in config:
+        _check_preset_folder(folder, config)
         return _load_keras_hub_preset(folder, dtype)
     raise CheckpointError(
         f"{config_path} is neither a Hugging Face config (no 'model_type') nor "
         "a keras-hub preset config (no 'class_name')."
     )
+
+
+def _check_preset_folder(folder, config):
+    """A local keras-hub preset whose config and weights declare no more than its file holds.
+
+    keras-hub builds the model from config.json, then reads each weight at
+    the shape model.weights.h5 declares (HDF5 can declare data it does not
+    store); both are bounded by the weights file's size first.
+    """
+    import h5py
+
+    weights = os.path.join(folder, "model.weights.h5")
+    if not os.path.isfile(weights):
+        return  # keras-hub says what is missing
+    size = os.path.getsize(weights)
+    try:
+        backbone = config["config"]
+        vision, text = backbone["vision_encoder"]["config"], backbone["text_encoder"]["config"]
+        architecture = CLIPArchitecture(
+            image_size=vision["image_shape"][0], patch_size=vision["patch_size"],
+            vision_width=vision["hidden_dim"], vision_layers=vision["num_layers"],
+            vision_heads=vision["num_heads"], vision_mlp_width=vision["intermediate_dim"],
+            vocabulary_size=text["vocabulary_size"], context_length=text["max_sequence_length"],
+            text_width=text["hidden_dim"], text_layers=text["num_layers"],
+            text_heads=text["num_heads"], text_mlp_width=text["intermediate_dim"],
+            projection_dim=backbone["projection_dim"],
+        )
+    except (KeyError, TypeError, IndexError, ValueError) as error:
+        raise CheckpointError(
+            f"{folder!r}: config.json is not a CLIPBackbone preset config ({error})."
+        ) from None
+    parameters = sum(math.prod(shape) for shape in hf_tensor_shapes(architecture).values())
+    blocks = max(architecture.vision_layers, architecture.text_layers)
+    if blocks > MAX_BLOCKS or parameters > size + SLACK_BYTES:  # a byte each at the least
+        raise CheckpointError(
+            f"{folder!r}: config.json describes a CLIP of {parameters:,} parameters "
+            f"({architecture.vision_layers} + {architecture.text_layers} blocks) but "
+            f"model.weights.h5 has {size:,} bytes (damaged or hostile)."
+        )
+    declared = 0
+    try:
+        with h5py.File(weights, "r") as f:
+            for item in _h5_datasets(f):
+                declared += item.size * item.dtype.itemsize
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{weights!r} is not a readable weights file ({error}).") from None
+    if declared > size + SLACK_BYTES:
+        raise CheckpointError(
+            f"Refused to read {weights!r}: its datasets declare {declared:,} bytes but "
+            f"the file has {size:,} (damaged or hostile)."
+        )
+
+
+def _h5_datasets(group):
+    import h5py
+
+    found = []
+    group.visititems(lambda _, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 def _read_hf_tensors(folder):
