@@ -427,3 +427,29 @@ def test_train_command_refuses_class_folders_the_tokenizer_cannot_tell_apart(tmp
     assert code == 2 and error.count("\n") == 1, error
     assert "train: error: The class names 'Cat' and 'cat' are the same text to CLIP's tokenizer" in error
     assert "could never predict 'cat'" in error
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda clip: cocoop_tf.CoOp(clip, NAMES),
+        lambda clip: cocoop_tf.CoCoOp(clip, NAMES, reduction=4),
+        lambda clip: cocoop_tf.MaPLe(clip, NAMES, prompt_depth=2),
+    ],
+    ids=["coop", "cocoop", "maple"],
+)
+def test_no_images_give_no_rows(clip, build):
+    model = build(clip)
+    none = np.zeros((0, 32, 32, 3), "float32")
+    ids = model.tokenize_classnames(["sky", "sea", "sand"])
+    assert np.asarray(model(none)).shape == (0, 4)
+    assert np.asarray(model.classify(none, ids)).shape == (0, 3)
+    assert np.asarray(model.encode_images(none)).shape == (0, 32)
+    assert model.predict(none, verbose=0).shape == (0, 4)
+    if isinstance(model, cocoop_tf.CoCoOp):
+        # In a graph whose batch size is only known at run time, as an export traces it.
+        logits = tf.function(model.classify, input_signature=[
+            tf.TensorSpec((None, 32, 32, 3), tf.float32), tf.TensorSpec((None, None), tf.int32)])
+        assert logits(none, ids).shape == (0, 3)
+        images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        np.testing.assert_allclose(logits(images, ids), model.classify(images, ids), rtol=1e-4, atol=1e-4)

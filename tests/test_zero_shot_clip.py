@@ -184,3 +184,15 @@ def test_zeroshot_command_refuses_names_the_tokenizer_cannot_tell_apart(capsys):
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1, error
     assert "zeroshot: error: The class names 'tabby cat' and 'Tabby cat' are the same text" in error
+
+
+def test_no_images_give_no_rows(clip):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b", "c"])
+    none = np.zeros((0, 32, 32, 3), "float32")
+    assert np.asarray(model(none)).shape == (0, 3)
+    assert model.predict(none, verbose=0).shape == (0, 3)
+    assert np.asarray(model.classify(none, model.tokenize_classnames(["x", "y"]))).shape == (0, 2)
+    reference = cocoop_tf.layers.CLIPImageEncoder(
+        clip.vision_encoder, clip.vision_pooler, clip.vision_projection, mode="reference"
+    )
+    assert np.asarray(reference(none)).shape == (0, 32)

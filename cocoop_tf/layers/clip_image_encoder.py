@@ -75,6 +75,8 @@ class CLIPImageEncoder(keras.layers.Layer):
     def call(self, images, context=None, deep_context=None):
         if deep_context is not None and context is None:
             raise ValueError("Deep vision prompts replace the first block's prompts: give `context` too.")
+        count = ops.shape(images)[0]
+        images = at_least_one(images)
         if self.mode == "reference":
             if context is not None:
                 raise ValueError("Vision prompts need the image encoder's efficient mode.")
@@ -101,7 +103,7 @@ class CLIPImageEncoder(keras.layers.Layer):
                     x = ops.concatenate([x[:, :-n_ctx], prompt_rows(deep_context[i - 1], ops.shape(x)[0])], axis=1)
                 x = self_attention_block(block, x, first_row_only=i == len(blocks) - 1)
             features = encoder.layer_norm(x)  # the class token's, which the pooler takes
-        features = self.vision_projection(features)
+        features = self.vision_projection(features)[:count]
         return features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
     def compute_output_shape(self, images_shape, context_shape=None, deep_context_shape=None):
@@ -130,6 +132,20 @@ class CLIPImageEncoder(keras.layers.Layer):
             if isinstance(config[key], dict):
                 config[key] = keras.layers.deserialize(config[key])
         return super().from_config(config)
+
+
+def at_least_one(images):
+    """`images`, with one blank image added to an empty batch.
+
+    keras-hub's patch embedding reshapes with the batch size, which fails for
+    zero images; callers encode the blank one and keep the first `B` rows.
+    A batch of known size passes unchanged (no cost under XLA).
+    """
+    if images.shape[0] is not None and images.shape[0] > 0:
+        return images
+    missing = ops.maximum(1 - ops.shape(images)[0], 0)
+    blank = ops.zeros((missing, *ops.shape(images)[1:]), images.dtype)
+    return ops.concatenate([images, blank], axis=0)
 
 
 def prompt_rows(prompt, batch):

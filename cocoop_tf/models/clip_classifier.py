@@ -306,7 +306,14 @@ class CLIPClassifier(keras.Model):
         return logs if return_dict else self._flatten_metrics_in_order(logs)
 
     def predict(self, *args, **kwargs):
-        """`keras.Model.predict`; rows that are not finite (NaN or infinite pixels) are an error."""
+        """`keras.Model.predict`; rows that are not finite (NaN or infinite pixels) are an error.
+
+        No images (an array or tensor of batch size 0) give logits `[0, C]`.
+        """
+        x = args[0] if args else kwargs.get("x")
+        if getattr(x, "shape", None) is not None and len(x.shape) and x.shape[0] == 0:
+            # Keras' predict loop fails without a batch; the model itself answers none.
+            return ops.convert_to_numpy(self(x))
         logits = super().predict(*args, **kwargs)
         bad = np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=-1))
         if bad.size:

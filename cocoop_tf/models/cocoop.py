@@ -2,6 +2,7 @@
 
 from keras import ops
 
+from cocoop_tf.layers.clip_image_encoder import at_least_one
 from cocoop_tf.layers.meta_net import MetaNet
 from cocoop_tf.models.clip_classifier import l2_normalize
 from cocoop_tf.models.prompt_learning import PromptLearningModel
@@ -63,12 +64,15 @@ class CoCoOp(PromptLearningModel):
             images: RGB pixel values 0..255, `[B, S, S, 3]`.
             token_ids: int `[C, L]` from `tokenize_classnames`.
         """
-        image_features = self.encode_images(images)
+        count = ops.shape(images)[0]
+        # The text encoder takes one prompt set per image, and none fails: a blank
+        # image stands in for an empty batch, and its row is dropped.
+        image_features = self.encode_images(at_least_one(images))
         context = self.prompt_learner(self.meta_net(image_features))
         text_features = l2_normalize(self.prompt_text_encoder(context, token_ids))
         text_features = ops.cast(text_features, image_features.dtype)
         logits = ops.einsum("bd,bcd->bc", image_features, text_features)
-        return self.logit_scale(logits.dtype) * logits
+        return (self.logit_scale(logits.dtype) * logits)[:count]
 
     def get_config(self):
         config = super().get_config()
