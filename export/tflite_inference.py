@@ -15,7 +15,7 @@ from client_inputs import load_images
 from client_inputs import tokenize_classnames
 
 CONTRACT = (
-    "images: float32 [B, {size}, {size}, 3], RGB pixel values 0..255; token_ids: int32 "
+    "images: float32 [B >= 1, {size}, {size}, 3], RGB pixel values 0..255; token_ids: int32 "
     "[C >= 1, L <= 77], rows [49406] name tokens [49407] 0... (see export/README.md)"
 )
 
@@ -26,7 +26,8 @@ class TFLiteClassifier:
     The signature runner resizes the inputs, so each call may have another
     batch size, number of classes and id length. TFLite has no assertion
     messages: the model's own input checks stop the interpreter with
-    "gather index out of bounds"; this class says which contract was broken.
+    "gather index out of bounds". This class checks the contract first, so
+    that an error says which part of it this call broke.
 
     Args:
         path: the `.tflite` file from `cocoop_tf.export.export_tflite`.
@@ -38,6 +39,7 @@ class TFLiteClassifier:
         self.image_size = image_size
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
+        self._reported = ""
 
     def __call__(self, images, token_ids):
         """Returns `{"logits", "probabilities"}`, float32 `[B, C]`.
@@ -48,21 +50,48 @@ class TFLiteClassifier:
         """
         contract = CONTRACT.format(size=self.image_size)
         images = np.asarray(images, np.float32)
-        token_ids = np.asarray(token_ids, np.int32)
-        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"images has shape {images.shape}; expected {contract}.")
-        bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
-        if bad.size:  # the interpreter has no assertions: it would answer NaN
-            raise ValueError(
-                f"images {bad.tolist()[:8]} hold NaN or infinite pixel values; expected {contract}."
-            )
+        token_ids = np.asarray(token_ids)
+        problem = _image_problem(images, self.image_size) or _token_ids_problem(token_ids)
+        if problem:
+            raise ValueError(f"{problem}; expected {contract}.")
         try:
-            return self.runner(images=images, token_ids=token_ids)
+            return self.runner(images=images, token_ids=token_ids.astype(np.int32))
         except RuntimeError as error:
             raise ValueError(
-                f"The model rejected token_ids of shape {token_ids.shape} ({error}); "
-                f"expected {contract}. A class name may be too long."
+                f"The model rejected token_ids of shape {token_ids.shape} "
+                f"({self._this_call(str(error))}); expected {contract}. A class name may be too long."
             ) from None
+
+    def _this_call(self, text):
+        # The interpreter's error reporter keeps every message since it was
+        # made and repeats them all with each failure: keep this call's.
+        new = text[len(self._reported):] if text.startswith(self._reported) else text
+        self._reported = text
+        return new.strip() or text
+
+
+def _image_problem(images, size):
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        return f"images has shape {images.shape}"
+    if not len(images):
+        return "images holds no image"
+    bad = np.flatnonzero(~((images >= 0) & (images <= 255)).reshape(len(images), -1).all(axis=1))
+    if bad.size:  # NaN fails both comparisons
+        return f"images {bad.tolist()[:8]} hold NaN, infinite or out-of-range pixel values"
+    return None
+
+
+def _token_ids_problem(token_ids):
+    if token_ids.ndim != 2 or not 2 <= token_ids.shape[1] <= 77:
+        return f"token_ids has shape {token_ids.shape}"
+    if not len(token_ids):
+        return "token_ids holds no class"
+    if not np.issubdtype(token_ids.dtype, np.integer):
+        return f"token_ids has dtype {token_ids.dtype}, not integer ids"
+    wrong = np.flatnonzero((token_ids[:, 0] != 49406) | (token_ids.max(axis=1) != 49407) | (token_ids.min(axis=1) < 0))
+    if wrong.size:
+        return f"token_ids rows {wrong.tolist()[:8]} do not start with 49406 and end with 49407"
+    return None
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ batch sizes the model never saw in training.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -213,6 +214,8 @@ def _bad_token_ids(model):
         "no end token": no_end,
         "no start token": no_start,
         "empty class set": np.zeros((0, 77), np.int32),
+        "one row without the class axis": good[0],
+        "a batch of class sets": good[None],
     }
 
 
@@ -220,11 +223,21 @@ BAD_IMAGES = {
     "33x33 pixels": np.zeros((1, 33, 33, 3), np.float32),
     "4 channels": np.zeros((1, 32, 32, 4), np.float32),
     "1 channel": np.zeros((1, 32, 32, 1), np.float32),
+    # Other ranks: TF Serving feeds them; the message names the shapes, not TF's internals.
+    "one image without the batch axis": np.zeros((32, 32, 3), np.float32),
+    "a batch of batches": np.zeros((1, 2, 32, 32, 3), np.float32),
+    "a scalar": np.float32(7.0),
 }
 BAD_PIXELS = {
     "a NaN pixel": np.where(np.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3) == 5000, np.nan, 9.0).astype(np.float32),
     "an infinite pixel": np.full((1, 32, 32, 3), np.inf, np.float32),
+    # Finite but far outside 0..255: the graphs answered these with confident probabilities.
+    "pixels of -1e6": np.full((2, 32, 32, 3), -1e6, np.float32),
+    "pixels of 1e20": np.full((1, 32, 32, 3), 1e20, np.float32),
+    "pixels of 3e38": np.full((1, 32, 32, 3), 3e38, np.float32),
+    "one pixel of 255.5": np.where(np.arange(32 * 32 * 3).reshape(1, 32, 32, 3) == 7, 255.5, 255.0).astype(np.float32),
 }
+NO_IMAGES = np.zeros((0, 32, 32, 3), np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +254,13 @@ def tensorflow_only(tmp_path_factory, exports, cases):
         run.add(f"signature {name}", path, "serving_default", images=images, token_ids=cases[0][1])
     for name, images in BAD_PIXELS.items():
         run.add(name, path, "serving_default", session=True, images=images, token_ids=cases[0][1])
+    run.add("no image", path, "serving_default", session=True, images=NO_IMAGES, token_ids=cases[0][1])
+    run.add("no image features", path, "image_features", images=NO_IMAGES)
+    edges = np.where(np.arange(3) > 0, 255.0, 0.0) * np.ones((1, 32, 32, 1))
+    run.add("edge pixels", path, "serving_default", images=edges.astype(np.float32), token_ids=cases[0][1])
     for name, token_ids in _bad_token_ids(cocoop).items():
         run.add(name, path, "serving_default", images=cases[0][0], token_ids=token_ids)
+        run.add(f"served {name}", path, "serving_default", session=True, images=cases[0][0], token_ids=token_ids)
     images = cases[1][0]
     for name in ("coop", "kgcoop", "maple", "zeroshot"):
         model, path = exports[name]
@@ -292,21 +310,45 @@ def test_coop_kgcoop_maple_and_zero_shot_saved_models_serve_cacheable_class_feat
             text_features=tf.constant(outputs[f"{name} text/text_features"]),
         )["logits"]
         assert max_relative_difference(logits, expected) <= 1e-4, name
+        # Features that are not features get no answer (NaN logits before).
+        bad_features = {
+            "image_features holds NaN or infinite values": (image_features * np.nan, image_features),
+            "text_features must be float32 of shape [rows, 32]": (image_features, image_features[:, :5]),
+            "image_features must be float32 of shape [rows, 32] (the outputs of the image_features "
+            "signature). Got shape:] [32]": (image_features[0], image_features),
+            "text_features is empty": (image_features, image_features[:0]),
+        }
+        for message, (first, second) in bad_features.items():
+            with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+                classify(image_features=tf.constant(first), text_features=tf.constant(second))
     maple = exports["maple"][0]
     assert not np.allclose(maple.encode_images(images), maple.image_encoder(images), atol=1e-3)  # the prompts count
 
 
 def test_saved_model_rejects_bad_images(tensorflow_only):
-    _, errors, _ = tensorflow_only
+    outputs, errors, _ = tensorflow_only
     message = "images must be RGB pixel values 0..255 of shape [batch, 32, 32, 3]"
+    shapes = {"one image without the batch axis": "[32 32 3]", "a batch of batches": "[1 2 32 32 3]",
+              "a scalar": "Got shape:] []"}
     for name in BAD_IMAGES:
-        # TF Serving feeds any shape: the graph's own check answers.
+        # TF Serving feeds any shape: the graph's own check answers, with the shape given.
         assert "InvalidArgumentError" in errors[name] and message in errors[name], errors.get(name)
+        assert shapes.get(name, "Got shape:") in errors[name], errors[name]
+        assert "Incompatible shapes" not in errors[name] and "out of bounds" not in errors[name]
         # A loaded signature in Python may refuse the declared shape before the graph runs.
         refused = "TensorSpec(shape=(None, 32, 32, 3)" in errors[f"signature {name}"]
         assert refused or message in errors[f"signature {name}"]
-    for name in BAD_PIXELS:  # never NaN logits
-        assert "images hold NaN or infinite pixel values" in errors.get(name, ""), errors.get(name)
+    for name in BAD_PIXELS:  # never an answer: not NaN, not confident probabilities
+        assert "images must hold finite pixel values in 0..255" in errors.get(name, ""), errors.get(name)
+    assert "[6144] [-1e+06] [-1e+06]" in errors["pixels of -1e6"]  # how many, the smallest, the largest
+    assert outputs["edge pixels/logits"].shape == (1, 3)  # 0 and 255 themselves are pixel values
+
+
+def test_saved_model_refuses_an_empty_image_batch(tensorflow_only):
+    _, errors, _ = tensorflow_only
+    for name in ("no image", "no image features"):
+        assert "images holds no image: send a batch of at least one" in errors.get(name, ""), errors.get(name)
+        assert "[0 32 32 3]" in errors[name]
 
 
 def test_saved_model_rejects_bad_token_ids(tensorflow_only):
@@ -317,9 +359,14 @@ def test_saved_model_rejects_bad_token_ids(tensorflow_only):
         "no end token": "must contain the end token 49407",
         "no start token": "must start with the start token 49406",
         "empty class set": "token_ids holds no class",
+        "one row without the class axis": "token_ids must be int32 of shape [classes, ids] (one row per class "
+                                          "name, even for one class). Got shape:] [77]",
+        "a batch of class sets": "token_ids must be int32 of shape [classes, ids]",
     }
     for name, message in expected.items():
-        assert "InvalidArgumentError" in errors[name] and message in errors[name], errors.get(name)
+        for key in (name, f"served {name}"):
+            assert "InvalidArgumentError" in errors[key] and message in errors[key], errors.get(key)
+            assert "slice index" not in errors[key]
 
 
 def test_saved_model_cli_shows_the_signatures(exports):
@@ -397,9 +444,11 @@ def test_dynamic_range_quantized_tflite_agrees_on_top1(tflite_models, trained):
 
 
 def test_tflite_fails_on_bad_input_then_serves_again(tflite_models, trained, cases):
+    # TFLite has no assertions: the graph's checks stop the interpreter (never NaN,
+    # never confident probabilities for pixels of 3e38).
     serve = _runner(tflite_models[None])
     images, token_ids, expected = cases[0]
-    bad = [{"images": value, "token_ids": token_ids} for value in [*BAD_IMAGES.values(), *BAD_PIXELS.values()]]
+    bad = [{"images": value, "token_ids": token_ids} for value in [*BAD_IMAGES.values(), *BAD_PIXELS.values(), NO_IMAGES]]
     bad += [{"images": images, "token_ids": value} for value in _bad_token_ids(trained[0]).values()]
     for inputs in bad:
         with pytest.raises(RuntimeError):

@@ -195,11 +195,24 @@ def test_tflite_inference_example(examples, served, tmp_path, capsys):
     assert max_relative_difference(logits, model.classify(images, token_ids)) <= 1e-4
     with pytest.raises(ValueError, match=r"images has shape \(4, 32, 32, 1\)"):
         classify(images[..., :1], token_ids)
-    with pytest.raises(ValueError, match="The model rejected token_ids of shape"):
+    with pytest.raises(ValueError, match=r"token_ids holds no class; expected images: float32 \[B >= 1"):
         classify(images, token_ids[:0])
-    images[2, 5, 5, 0] = np.nan
-    with pytest.raises(ValueError, match=r"images \[2\] hold NaN or infinite pixel values"):
-        classify(images, token_ids)
+    with pytest.raises(ValueError, match="images holds no image"):
+        classify(images[:0], token_ids)
+    too_long = np.array([[49406] + [320] * 72 + [49407] + [0] * 3], np.int32)
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"The model rejected token_ids of shape \(1, 77\)") as error:
+            classify(images, too_long)
+        messages.append(str(error.value))
+    # The interpreter repeats every earlier failure's text: each error says only its own.
+    assert messages[0] == messages[1] and messages[1].count("failed to invoke") == 1, messages
+    for value in (np.nan, 3e38, -1e6, 255.5):
+        spoilt = images.copy()
+        spoilt[2, 5, 5, 0] = value
+        with pytest.raises(ValueError, match=r"images \[2\] hold NaN, infinite or out-of-range pixel values"):
+            classify(spoilt, token_ids)
+    assert max_relative_difference(classify(images, token_ids)["logits"], logits) == 0  # serves again
     tflite_inference.main(["--model", str(path), "--image-size", "32", "--images", *SAMPLES,
                            "--classnames", *NAMES])
     assert len(capsys.readouterr().out.splitlines()) == len(SAMPLES)

@@ -14,7 +14,9 @@ def require(value, condition, *message):
     assertions, so `value` also goes through a one-element gather whose index
     is out of bounds when `condition` is false: the interpreter then stops
     ("gather index out of bounds") instead of computing on the bad input.
-    Callers chain checks on the returned tensor, so they run in order.
+    Checks of values chained on the returned tensor run in order; the graph
+    optimiser may compute a check of its shape early, from the input's own
+    shape, so such checks must be safe for any input (see `check_images`).
 
     Args:
         value: the tensor being checked.
@@ -27,7 +29,7 @@ def require(value, condition, *message):
 
 
 def check_images(images, image_size):
-    """Checks that `images` is `[batch, image_size, image_size, 3]` and finite.
+    """Checks that `images` is `[batch >= 1, image_size, image_size, 3]` of pixels 0..255.
 
     Args:
         images: float tensor of RGB pixel values 0..255.
@@ -36,21 +38,35 @@ def check_images(images, image_size):
     Returns:
         `images`, with the static shape `[None, image_size, image_size, 3]`.
     """
-    message = (
-        f"images must be RGB pixel values 0..255 of shape [batch, {image_size}, "
-        f"{image_size}, 3]: resize the short side to {image_size} and centre-crop. Got shape:"
-    )
-    # The rank first: TF Serving feeds whatever a request holds, e.g. `[]`.
-    images = require(images, tf.equal(tf.rank(images), 4), message, tf.shape(images))
+    # Conditions on the input's own shape, safe for any rank (TF Serving feeds
+    # whatever a request holds: `[]`, one image `[S, S, 3]`), and each true
+    # where an earlier one fails: the optimiser may evaluate shape checks in any
+    # order, and the message must name the first problem.
     shape = tf.shape(images)
+    dims = _dims(shape, 4)
+    shaped = _has_rank(shape, 4) & tf.reduce_all(tf.equal(dims[1:], [image_size, image_size, 3]))
     images = require(
-        images, tf.reduce_all(tf.equal(shape[1:], [image_size, image_size, 3])), message, shape
+        images, shaped,
+        f"images must be RGB pixel values 0..255 of shape [batch, {image_size}, "
+        f"{image_size}, 3] (resize the short side to {image_size} and centre-crop; a "
+        "single image too needs the batch axis). Got shape:",
+        shape,
     )
-    finite = tf.math.is_finite(images)
     images = require(
-        images, tf.reduce_all(finite),
-        "images hold NaN or infinite pixel values; send RGB values 0..255. Non-finite values:",
-        tf.reduce_sum(tf.cast(~finite, tf.int32)),
+        images, ~shaped | (dims[0] > 0),
+        f"images holds no image: send a batch of at least one, shape [batch >= 1, "
+        f"{image_size}, {image_size}, 3]. Got shape:",
+        shape,
+    )
+    # NaN fails both comparisons. Values far outside 0..255 (e.g. -1e6, 3e38)
+    # still give confident probabilities, so they are refused too.
+    valid = (images >= 0.0) & (images <= 255.0)
+    images = require(
+        images, tf.reduce_all(valid),
+        "images must hold finite pixel values in 0..255 (RGB, not scaled to 0..1 and not "
+        "normalised: the graph applies CLIP's mean and std). Values that are NaN, "
+        "infinite or outside 0..255, then the smallest and largest value:",
+        tf.reduce_sum(tf.cast(~valid, tf.int32)), tf.reduce_min(images), tf.reduce_max(images),
     )
     # Static again for the converter and XNNPACK where the input was declared dynamic.
     return tf.reshape(images, (-1, image_size, image_size, 3))
@@ -74,24 +90,29 @@ def check_token_ids(token_ids, context_length, n_ctx):
     Returns:
         `token_ids[:, :last end token + 1]`.
     """
-    # Shapes first, each check on the previous one's output: a request may hold
-    # anything, e.g. `[]` (shape [0]), which TF Serving feeds as it is.
+    # Shapes first, as in `check_images`: conditions on the input's own shape,
+    # each true where an earlier one fails. A request may hold anything, e.g.
+    # `[]` (shape [0]), which TF Serving feeds as it is.
+    shape = tf.shape(token_ids)
+    length = _dims(shape, 2)[1]
+    filled = tf.reduce_prod(shape) > 0
     token_ids = require(
         token_ids,
-        tf.reduce_prod(tf.shape(token_ids)) > 0,
+        filled,
         "token_ids holds no class: send at least one tokenised class name "
         "(a row of cocoop_tf.tokenize_classnames(names)).",
     )
+    matrix = _has_rank(shape, 2)
     token_ids = require(
         token_ids,
-        tf.equal(tf.rank(token_ids), 2),
-        "token_ids must be int32 [classes, ids]. Got shape:",
-        tf.shape(token_ids),
+        ~filled | matrix,
+        "token_ids must be int32 of shape [classes, ids] (one row per class name, "
+        "even for one class). Got shape:",
+        shape,
     )
-    shape = tf.shape(token_ids)
     token_ids = require(
         token_ids,
-        (shape[1] >= 2) & (shape[1] <= context_length),
+        ~filled | ~matrix | ((length >= 2) & (length <= context_length)),
         f"token_ids rows must have 2 to {context_length} ids (the text encoder's "
         "context length). Got shape:",
         shape,
@@ -141,15 +162,47 @@ def check_num_classes(token_ids, num_classes):
     )
 
 
-def check_features(features, name):
-    """Checks that a feature matrix `[N, D]` is not empty.
+def check_features(features, dim, name):
+    """Checks that a feature matrix is `[N >= 1, dim]` and finite.
 
     Args:
-        features: float `[N, D]`.
-        name: the input's name, for the message.
+        features: float `[N, dim]`.
+        dim: the feature size (the backbone's projection dimension).
+        name: the input's name, for the messages.
     """
+    shape = tf.shape(features)
+    dims = _dims(shape, 2)
+    shaped = _has_rank(shape, 2) & tf.equal(dims[1], dim)
+    features = require(
+        features,
+        shaped,
+        f"{name} must be float32 of shape [rows, {dim}] (the outputs of the "
+        f"{name} signature). Got shape:",
+        shape,
+    )
+    features = require(
+        features, ~shaped | (dims[0] > 0), f"{name} is empty: send at least one row."
+    )
+    finite = tf.math.is_finite(features)
     return require(
         features,
-        tf.shape(features)[0] > 0,
-        f"{name} is empty: send at least one row.",
+        tf.reduce_all(finite),
+        f"{name} holds NaN or infinite values; send the {name} signature's outputs. "
+        "Non-finite values:",
+        tf.reduce_sum(tf.cast(~finite, tf.int32)),
     )
+
+
+def _dims(shape, rank):
+    """The first `rank` entries of `shape`, padded with -1 for an input of lower rank."""
+    return tf.concat([shape, tf.fill([rank], -1)], 0)[:rank]
+
+
+def _has_rank(shape, rank):
+    """Whether `shape` has `rank` entries, measured at run time.
+
+    Not `tf.rank` or `tf.size(shape)`: both fold into the declared rank when
+    the graph is built, and TF Serving feeds inputs of any rank.
+    """
+    dims = _dims(shape, rank + 1)
+    return (dims[rank - 1] >= 0) & (dims[rank] < 0)

@@ -74,7 +74,8 @@ def serving_functions(model, dynamic_image_shape=False):
             return {"text_features": tf.cast(features, tf.float32)}
 
         def classify_features(image_features, text_features):
-            text_features = check_features(text_features, "text_features")
+            image_features = check_features(image_features, dim, "image_features")
+            text_features = check_features(text_features, dim, "text_features")
             logits = tf.matmul(image_features, text_features, transpose_b=True)
             return _logits_and_probabilities(model.logit_scale(tf.float32) * logits)
 
