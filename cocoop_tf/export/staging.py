@@ -78,7 +78,7 @@ def replace_folder(new, path, staging):
     warnings.warn(
         f"This file system cannot swap folders in one step: {path!r} is missing for a "
         "moment while it is replaced. To replace a served model without any gap, export "
-        "a new --version (TF Serving serves the highest)."
+        "a new version (--version; TF Serving serves the highest)."
     )
     os.rename(path, os.path.join(staging, OLD))
     os.rename(new, path)
