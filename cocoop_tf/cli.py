@@ -3,7 +3,9 @@
 import argparse
 import errno
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import tensorflow as tf  # started quietly by cocoop_tf/__init__.py
@@ -441,15 +443,27 @@ def _one_line_warnings(command):
     warnings.showwarning = show
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stopping), raised as Ctrl-C is."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _one_line_warnings(args.command)
+    # SIGTERM stops the command as Ctrl-C does: files being written are removed (no staging
+    # file is left beside its destination) and the user is told how to continue.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if getattr(args, "output", None) and hasattr(args, "resume"):
             print("\nInterrupted; continue with the same command and --resume.", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT)
     except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError, tf.errors.OpError) as error:
         # Our errors say what is wrong and how to fix it; a traceback adds nothing.
         print(f"cocoop-tf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
@@ -463,6 +477,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
+    finally:
+        if in_main_thread:  # None: a handler not set from Python, i.e. the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _one_line(error, args):

@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -393,6 +394,8 @@ def test_killed_and_damaged_runs_resume_to_the_same_weights(data_root, tmp_path)
     assert killed.returncode == -9 and not (late / "runs" / "cocoop_seed1" / "result.json").exists()
     resumed = _script("resume", data_root, late, "resume")
     assert resumed.returncode == 0 and "resumed after epoch 3" in resumed.stdout, resumed.stderr[-3000:]
+    assert "left half-written by a killed process" in resumed.stdout  # result.json's staging file
+    assert not [p for p in late.rglob(".*.partial")]
     same_as_whole(late)
     accuracy = json.loads((late / "results.json").read_text())["runs"][0]["accuracy"]
     assert accuracy == json.loads((tmp_path / "whole" / "results.json").read_text())["runs"][0]["accuracy"]
@@ -453,6 +456,9 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(RunFolderError, match=rf"in use by another process \(process {holder.pid} on "):
+            RunFolder(tmp_path / "run", {"held": True}, resume=True, log=lambda *a: None)
+        holder.send_signal(signal.SIGSTOP)  # stopped (Ctrl-Z), not dead: it may go on
+        with pytest.raises(RunFolderError, match="in use by another process"):
             RunFolder(tmp_path / "run", {"held": True}, resume=True, log=lambda *a: None)
     finally:
         holder.kill()  # SIGKILL: the lock is never released by the holder itself

@@ -285,7 +285,8 @@ def load_predictions(path):
                     shape, dtype = _npy_header(f)
                     if len(shape) != 1 or dtype.hasobject or shape[0] * dtype.itemsize > members[name].file_size:
                         raise ValueError(f"{name} is not a vector of the size the archive declares")
-                arrays[name[:-4]] = np.load(archive.open(name), allow_pickle=False)
+                with archive.open(name) as f:
+                    arrays[name[:-4]] = np.load(f, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         if isinstance(error, FileNotFoundError):
             raise

@@ -7,6 +7,9 @@
   `evaluations`: the evaluation names in order ("base" and "new" for
   base-to-new, dataset names otherwise);
 - `config`: every setting of the run; `versions`: library versions;
+- `data`: per dataset, a digest of its class names and image lists
+  (`identity.data_fingerprint`); `backbone_weights`: the fingerprint of the
+  backbone's weights; `prompt_files`: a digest of each `prompts` file;
 - `classes`: the class names of each evaluation, in label order;
 - `runs`: one entry per method and seed (zero-shot CLIP has no seed and
   one entry): `{"method", "seed", "accuracy": {evaluation: percent},

@@ -5,18 +5,34 @@ process out while a run works in the folder (a dead process's lock is taken
 over), and `--resume` recovers from files that a full disk or a killed
 process of an older version left empty or truncated: `run.json` is written
 again, a damaged few-shot record is sampled again, a damaged epoch
-checkpoint falls back to the epoch before it, and a damaged `result.json`
-makes that run evaluate again.
+checkpoint (or one that does not fit) falls back to the epoch before it, a
+damaged `result.json` makes that run evaluate again, and staging files a
+killed process left are removed.
+
+`run.json` identifies the run: its settings, and the identity of its data,
+prompt files and backbone weights (`cocoop_tf.protocols.identity`). The
+files of each run record what made them too, so a folder whose `run.json`
+was lost is never continued under other settings.
 """
 
 import json
 import os
 import socket
 
+from cocoop_tf.files import remove_staging
 from cocoop_tf.files import write_text
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
+# The JSON files of a run are a few kB; one far larger is not ours and is not read.
+MAX_JSON_BYTES = 64 << 20
+
+# What a differing setting of run.json means, for the error.
+_MEANING = {
+    "data": "the data: its class names and the images of each split, wherever the folder lies",
+    "backbone_weights": "the weights --backbone loads",
+    "prompt_files": "the contents of the --prompts files",
+}
 
 
 class RunFolderError(ValueError):
@@ -24,11 +40,14 @@ class RunFolderError(ValueError):
 
 
 def read_json(path):
-    """The JSON value in `path`, or None when the file is empty, truncated or not JSON."""
+    """The JSON value in `path`, or None when the file is empty, truncated, not JSON, or not
+    a regular file of at most `MAX_JSON_BYTES` (a FIFO would block, a device never end)."""
+    if not os.path.isfile(path) or os.path.getsize(path) > MAX_JSON_BYTES:
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -47,9 +66,13 @@ class RunFolder:
         resume: continue the run already in the folder.
         write_files: False on non-chief workers of a cluster.
         log: function for progress lines.
+        check_files: called with no arguments when a run is resumed, under the
+            lock and before a damaged `run.json` is written again; raises
+            `RunFolderError` when the folder's own files (results,
+            checkpoints) belong to other settings.
     """
 
-    def __init__(self, path, settings, resume=False, write_files=True, log=print):
+    def __init__(self, path, settings, resume=False, write_files=True, log=print, check_files=None):
         self.path = os.fspath(path)
         self.write_files = write_files
         self._lock = None
@@ -83,21 +106,33 @@ class RunFolder:
                         "process?). Pass --resume to continue the run in this folder: the file "
                         "is written again from this command's settings."
                     )
+                if check_files:  # before run.json says these settings are the folder's
+                    check_files()
                 log(f"{run_file} was damaged; written again from this command's settings")
                 if write_files:
                     write_text(run_file, json.dumps(settings, indent=2))
             elif stored != settings:
                 differing = _differences(stored, settings)
+                meanings = [_MEANING[key] for key in _MEANING if any(
+                    d == key or d.startswith(key + ".") for d in differing
+                )]
                 raise RunFolderError(
                     f"Output folder {self.path!r} holds another run (different "
-                    f"{', '.join(differing)}). Choose a new --output folder, or delete "
-                    "this one to start over."
+                    f"{', '.join(differing)}{''.join(f'; {m}' for m in meanings)}). Give the "
+                    "settings and data it was started with, choose a new --output folder, or "
+                    "delete this one to start over."
                 )
             elif not resume:
                 raise RunFolderError(
                     f"Output folder {self.path!r} already holds this run. Pass --resume to "
                     "continue it (finished parts are kept), or choose a new --output folder."
                 )
+            elif check_files:
+                check_files()
+            if write_files:
+                # Half-written files of a process killed outright (SIGKILL), which never renamed them.
+                for staging in remove_staging(self.path):
+                    log(f"Removed {staging}, left half-written by a killed process")
         except BaseException:
             self.close()
             raise

@@ -18,7 +18,9 @@ continues with `resume=True`.
 """
 
 import dataclasses
+import glob
 import json
+import math
 import os
 import time
 import warnings
@@ -26,6 +28,7 @@ import warnings
 import keras
 
 from cocoop_tf.clip import load_clip
+from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.data import load_dataset
 from cocoop_tf.data.benchmarks import find_benchmark
 from cocoop_tf.data.checks import check_images
@@ -42,6 +45,9 @@ from cocoop_tf.protocols.evaluation import accuracy
 from cocoop_tf.protocols.evaluation import predict_split
 from cocoop_tf.protocols.evaluation import remove_shards
 from cocoop_tf.protocols.evaluation import save_predictions
+from cocoop_tf.protocols.identity import data_fingerprint
+from cocoop_tf.protocols.identity import file_digest
+from cocoop_tf.protocols.identity import safetensors_metadata
 from cocoop_tf.protocols.protocol import get_protocol
 from cocoop_tf.protocols.results import RESULTS_FORMAT
 from cocoop_tf.protocols.results import display_name
@@ -50,7 +56,10 @@ from cocoop_tf.protocols.results import summarize
 from cocoop_tf.protocols.results import versions
 from cocoop_tf.protocols.results import write_results
 from cocoop_tf.protocols.run_folder import RunFolder
+from cocoop_tf.protocols.run_folder import RunFolderError
+from cocoop_tf.protocols.run_folder import _differences
 from cocoop_tf.protocols.run_folder import read_json
+from cocoop_tf.protocols.training import EPOCH_FILE
 from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
 from cocoop_tf.training.workers import spans_workers
@@ -133,7 +142,13 @@ def run_protocol(
             # the backbone never learned), or a prompt that does not fit this backbone,
             # stop here, before the run folder is written.
             _build_every_model(clip, plan, force)
-        folder = RunFolder(output, plan.settings, resume, write_files=is_chief(), log=log)
+        # The weights are the backbone's identity: a folder or file given by --backbone may
+        # hold other weights than when the run started.
+        plan.settings["backbone_weights"] = fingerprint(clip)
+        folder = RunFolder(
+            output, plan.settings, resume, write_files=is_chief(), log=log,
+            check_files=lambda: check_run_files(plan, output),
+        )
         image_size = config.image_size or clip.vision_encoder.image_shape[0]
         log(
             f"{protocol}: backbone {config.backbone} ({image_size}px), "
@@ -141,13 +156,11 @@ def run_protocol(
         )
         runs = []
         for index, (method, seed, prompt) in enumerate(plan.jobs, start=1):
-            run_dir = folder.run_dir(method, seed) if prompt is None else os.path.join(
-                folder.path, "runs", f"prompt{index}"
-            )
+            run_dir = _run_dir(plan, folder.path, index)
             label = f"[{index}/{len(plan.jobs)}] {display_name(method)}" + ("" if seed is None else f", seed {seed}")
             result_file = os.path.join(run_dir, "result.json")
             if resume and os.path.exists(result_file):
-                done = read_json(result_file)
+                done = finished_run(read_json(result_file), plan, method, seed, prompt)
                 if done is not None:
                     runs.append(done)
                     log(f"{label}: done before, kept")
@@ -163,8 +176,8 @@ def run_protocol(
                 else:
                     model = None  # built per test set, on its classes and templates
             run = evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_dir, image_size, log)
-            if folder.write_files:
-                write_text(result_file, json.dumps(run, indent=2))
+            if folder.write_files:  # with the settings it belongs to (see check_run_files)
+                write_text(result_file, json.dumps({**run, "settings": plan.settings}, indent=2))
             runs.append(run)
     except BaseException as error:
         if folder is not None:
@@ -238,6 +251,13 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
             for method in config.methods
             for seed in (config.seeds if get_method(method).learns else [None])
         ]
+    # The data's identity, not its path: the same files under another --data-root (another
+    # machine, a moved disk) are the same data.
+    splits = {}
+    for name, _ in evaluations:
+        splits.setdefault(_canonical(name), (dataset(name), set()))[1].add("test")
+    if trains:
+        splits.setdefault(source_name, (source_data, set()))[1].update(("train", "val"))
     settings = {
         "format": RESULTS_FORMAT,
         "protocol": protocol,
@@ -245,6 +265,8 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
         "subset": subset,
         "evaluations": [[_canonical(n), s] for n, s in evaluations],
         "prompts": [os.path.abspath(p) for p in prompts],
+        "prompt_files": [file_digest(p) for p in prompts],
+        "data": {name: data_fingerprint(data, sorted(used), skipped) for name, (data, used) in splits.items()},
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", *EVALUATION_ONLY)},
     }
     return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
@@ -259,7 +281,7 @@ def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log
         f"  training on {config.shots} shots of {few_shot.num_classes} {plan.subset} classes "
         f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs of batch {config.batch_size}"
     )
-    training = training_record(plan.protocol.name, plan.source, plan.subset, seed, config)
+    training = _training(plan, method, seed)
     model = build_model(method, clip, few_shot.classnames, config, few_shot.template)
     train_prompt_model(
         model, few_shot, config, seed, image_size,
@@ -288,6 +310,8 @@ def evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_
             model.set_classnames(view.classnames)
         path = os.path.join(run_dir, "predictions", f"{key}.npz")
         shards = os.path.join(run_dir, "predictions", f"{key}.shards")
+        if folder.write_files:
+            _claim_shards(shards, plan.settings)
         labels, predicted = predict_split(
             model, view, "test", config.eval_batch_size, image_size, shard_size=config.eval_shard_size,
             shard_dir=shards, write_files=folder.write_files, log=log,
@@ -362,6 +386,110 @@ def training_record(protocol, source, subset, seed, config):
         if k not in ("methods", "seeds", "templates", "data_root", *EVALUATION_ONLY)
     }
     return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
+
+
+def _training(plan, method, seed):
+    """What the prompt files of a job record of its training, the data's identity too."""
+    record = training_record(plan.protocol.name, plan.source, plan.subset, seed, plan.config.for_method(method))
+    return {**record, "data": plan.settings["data"][plan.source]}
+
+
+def _run_dir(plan, output, index):
+    """The folder of the job `plan.jobs[index - 1]`."""
+    method, seed, prompt = plan.jobs[index - 1]
+    name = f"prompt{index}" if prompt is not None else method if seed is None else f"{method}_seed{seed}"
+    return os.path.join(os.fspath(output), "runs", name)
+
+
+def _percent(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100
+
+
+def finished_run(done, plan, method, seed, prompt=None):
+    """The `runs` entry a job's `result.json` holds, or None when it is damaged.
+
+    Damaged means anything but this job's entry of this run: not JSON, another
+    shape, another job, or no record of the run's settings (an older version).
+
+    Args:
+        done: the file's JSON value (`read_json`).
+        plan: the `RunPlan`.
+        method, seed, prompt: the job's (see `RunPlan.jobs`).
+    """
+    if not isinstance(done, dict) or done.get("settings") != plan.settings or done.get("method") != method:
+        return None
+    run = {k: v for k, v in done.items() if k != "settings"}
+    keys = sorted(key for key, _ in plan.views)
+    accuracy, predictions = run.get("accuracy"), run.get("predictions")
+    if not (isinstance(accuracy, dict) and sorted(accuracy) == keys and all(map(_percent, accuracy.values()))):
+        return None
+    if not (isinstance(predictions, dict) and sorted(predictions) == keys
+            and all(isinstance(p, str) for p in predictions.values())):
+        return None
+    if plan.protocol.summary == "h" and not _percent(run.get("h")):
+        return None
+    if prompt is not None:  # what a prompt job records comes from its prompt file
+        trained = dict(plan.prompts)[prompt].get("training")
+        expected = {"prompt": os.path.abspath(prompt), "trained": trained, "seed": (trained or {}).get("seed")}
+        if json.loads(json.dumps(expected)) != {k: run.get(k) for k in expected}:
+            return None
+    elif run.get("seed") != seed or "prompt" in run:
+        return None
+    return run
+
+
+def check_run_files(plan, output):
+    """Raises `RunFolderError` when a result or checkpoint in `output` belongs to other settings.
+
+    `result.json` records the run's settings and each prompt file (an epoch's
+    checkpoint, the final prompt) the job's training settings and the backbone's
+    weights: a folder whose `run.json` was lost must not lend its numbers to a
+    command with other settings. A damaged file is left to the usual fallbacks.
+    """
+    backbone = plan.settings.get("backbone_weights")
+    for index, (method, seed, prompt) in enumerate(plan.jobs, start=1):
+        run_dir = _run_dir(plan, output, index)
+        result = os.path.join(run_dir, "result.json")
+        done = read_json(result) if os.path.exists(result) else None
+        if isinstance(done, dict) and isinstance(done.get("settings"), dict) and done["settings"] != plan.settings:
+            _refuse(output, result, _differences(done["settings"], plan.settings))
+        if prompt is not None or not get_method(method).learns:
+            continue
+        expected = json.loads(json.dumps(_training(plan, method, seed)))
+        checkpoints = [p for p in glob.glob(os.path.join(run_dir, "checkpoints", "*.safetensors"))
+                       if EPOCH_FILE.search(os.path.basename(p))]
+        for path in sorted(checkpoints) + [os.path.join(run_dir, "prompt.safetensors")]:
+            metadata = safetensors_metadata(path)
+            if metadata is None:
+                continue  # missing or damaged: training falls back to the epoch before
+            try:
+                training = json.loads(metadata.get("training", "null"))
+            except (TypeError, ValueError, RecursionError):
+                continue  # damaged
+            if not isinstance(training, dict):
+                _refuse(output, path, ["training (it records none)"])
+            if training != expected:
+                _refuse(output, path, _differences(training, expected))
+            if backbone is not None and metadata.get("backbone") != backbone:
+                _refuse(output, path, ["backbone_weights (the weights --backbone loads)"])
+
+
+def _refuse(output, path, differing):
+    raise RunFolderError(
+        f"{os.path.relpath(path, output)} in {os.fspath(output)!r} was made with other settings than "
+        f"this command's (different {', '.join(differing)}): the folder's results belong to "
+        "them. Resume with the settings and data the run was started with, or choose a new "
+        "--output folder."
+    )
+
+
+def _claim_shards(shards, settings):
+    """Keeps a test split's finished shards only if this run's settings made them."""
+    record = os.path.join(shards, "settings.json")
+    if os.path.isdir(shards) and read_json(record) != settings:
+        remove_shards(shards)  # another run's (its run.json lost), or an older version's
+    if not os.path.exists(record):
+        write_text(record, json.dumps(settings))
 
 
 def _model_from_prompt(clip, path, force=False):

@@ -9,16 +9,15 @@ import sys
 
 import keras
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 from cocoop_tf.files import save_safetensors
 from cocoop_tf.models import get_method
-from cocoop_tf.models import read_prompt
 from cocoop_tf.training import paper_optimizer
 from cocoop_tf.training.workers import from_chief
 from cocoop_tf.training.workers import spans_workers
 
-_EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors$")
 
 # XLA fuses the work between the matmuls; with ViT-B/16's 512-wide text tower that makes a
 # CPU training step 1.3-1.7x faster (benchmarks/text_encoder_speed.py). On smaller towers,
@@ -81,25 +80,36 @@ class EpochCheckpoints:
     def path(self, epoch):
         return os.path.join(self.folder, f"epoch_{epoch:03d}.safetensors")
 
-    def latest(self, log=print):
-        """The last epoch whose two files are both whole, or 0.
-
-        A damaged checkpoint (empty or truncated) is passed over, with a
-        line saying so: training then resumes from the epoch before it.
-        """
+    def epochs(self):
+        """The epochs whose two files both exist, newest first."""
         epochs = []
         for path in glob.glob(os.path.join(self.folder, "epoch_*.safetensors")):
-            match = _EPOCH_FILE.search(os.path.basename(path))
+            match = EPOCH_FILE.search(os.path.basename(path))
             if match and os.path.exists(self._optimizer_path(path)):
                 epochs.append(int(match.group(1)))
-        for epoch in sorted(epochs, reverse=True):
+        return sorted(epochs, reverse=True)
+
+    def resume(self, model, log=print):
+        """Restores the last epoch whose checkpoint is whole and fits `model`; returns it, or 0.
+
+        A damaged checkpoint (empty, truncated) or one that does not fit
+        (another method's, other shapes) is passed over with a line saying
+        so, and the epoch before it is tried; with none left, `model` keeps
+        the weights it had and trains from the start.
+        """
+        model.optimizer.build(model.trainable_variables)
+        variables = list(model.trainable_variables) + list(model.optimizer.variables)
+        initial = [np.array(v) for v in variables]  # a failed restore may have assigned some
+        for epoch in self.epochs():
             path = self.path(epoch)
             try:
-                read_prompt(path)
-                load_file(self._optimizer_path(path))
+                self.restore(epoch, model)
                 return epoch
-            except Exception as error:  # any damage: fall back to the epoch before
-                log(f"  {path} (or its optimizer file) is damaged ({error}); using the epoch before it")
+            except (OSError, ValueError) as error:
+                for variable, value in zip(variables, initial):
+                    variable.assign(value)
+                log(f"  {path} (or its optimizer file) is damaged or does not fit this model "
+                    f"({_reason(error)}); using the epoch before it")
         return 0
 
     @staticmethod
@@ -109,24 +119,47 @@ class EpochCheckpoints:
     def save(self, epoch, model):
         path = self.path(epoch)
         state = {v.path: np.asarray(v) for v in model.optimizer.variables}
-        # The prompt file last: `latest` trusts an epoch only once both exist.
+        # The prompt file last: `epochs` trusts an epoch only once both exist.
         save_safetensors(self._optimizer_path(path), state)
         model.save_prompt(path, training=self.training)
 
     def restore(self, epoch, model):
+        """Loads one epoch's prompt and optimizer state into `model` (ValueError if they do not fit)."""
         path = self.path(epoch)
         model.load_prompt(path)
         model.optimizer.build(model.trainable_variables)
-        state = load_file(self._optimizer_path(path))
         variables = {v.path: v for v in model.optimizer.variables}
-        if set(state) != set(variables):
-            raise ValueError(
-                f"Checkpoint {path!r} does not match this optimizer (it holds "
-                f"{sorted(state)}, the optimizer has {sorted(variables)}); it was written "
-                "by a run with other settings."
-            )
+        optimizer_path = self._optimizer_path(path)
+        try:
+            with safe_open(optimizer_path, framework="numpy") as f:
+                # Names and shapes first, from the header: nothing is read that does not fit.
+                shapes = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+                          for name in f.keys()}
+                wanted = {name: (_SAFETENSORS_DTYPES.get(str(v.dtype)), tuple(v.shape))
+                          for name, v in variables.items()}
+                if shapes != wanted:
+                    raise ValueError(
+                        f"Checkpoint {optimizer_path!r} does not match this optimizer (it holds "
+                        f"{sorted(shapes)}, the optimizer has {sorted(wanted)}, or other types or shapes); "
+                        "it was written by a run with other settings."
+                    )
+                state = {name: f.get_tensor(name) for name in shapes}
+        except ValueError:
+            raise
+        except Exception as error:  # safetensors' own errors: a damaged file
+            raise ValueError(f"{optimizer_path!r} is not a readable checkpoint: {error}") from None
         for name, value in state.items():
             variables[name].assign(value)
+
+
+_SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64",
+                       "int32": "I32", "int64": "I64"}
+
+
+def _reason(error):
+    """An error's first sentence: what is wrong, without advice meant for other callers."""
+    text = " ".join(str(error).split())
+    return text.split(". ")[0].rstrip(".")
 
 
 def train_prompt_model(
@@ -182,9 +215,7 @@ def train_prompt_model(
     )
     checkpoints = EpochCheckpoints(checkpoint_dir, training)
     # Only the chief's files count: another worker may not see them, or hold older ones.
-    start = checkpoints.latest(log) if resume and write_files else 0
-    if start:
-        checkpoints.restore(start, model)
+    start = checkpoints.resume(model, log) if resume and write_files else 0
     strategy = model.distribute_strategy
     if spans_workers(strategy):
         # Every worker starts from the chief's epoch and weights, or they would part ways.
