@@ -1,5 +1,6 @@
 """`cocoop-tf export`, run as users run it."""
 
+import fcntl
 import os
 import subprocess
 
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 import cocoop_tf
 from cocoop_tf.export import serving_token_ids
+from cocoop_tf.export import staging
 from conftest import max_relative_difference
 
 
@@ -58,8 +60,24 @@ def test_keras_file_to_quantized_tflite(tmp_path, clip):
     assert refused.stderr.strip().splitlines() == [
         f"cocoop-tf export: error: {str(output)!r} exists; pass --overwrite to replace it."
     ]
-    result = _export(*arguments, "--overwrite")
+    # A killed export's staging folder (its intermediate SavedModel, half a file) is
+    # removed by the next export; another export still writing (it holds its
+    # folder's lock) is left alone.
+    killed = tmp_path / f"{staging.PREFIX}killed"
+    (killed / "saved_model" / "variables").mkdir(parents=True)
+    (killed / "model.tflite").write_bytes(b"half a flatbuffer")
+    (killed / staging.TARGET_FILE).write_text("model.tflite")
+    running = tmp_path / f"{staging.PREFIX}running"
+    running.mkdir()
+    lock = os.open(running, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        result = _export(*arguments, "--overwrite")
+    finally:
+        os.close(lock)
     assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted([running.name, "model.keras", "model.tflite"])
+    assert output.read_bytes()[4:8] == b"TFL3"  # a whole flatbuffer replaced the old file
     assert oct(output.stat().st_mode & 0o777) == "0o644"
     images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     token_ids = serving_token_ids(model, ["cat", "dog", "owl", "fox"])

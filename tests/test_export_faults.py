@@ -5,7 +5,6 @@ until it is replaced: an export must never leave a version half written, and
 a killed export must leave nothing behind once the next one has run.
 """
 
-import fcntl
 import json
 import os
 import select
@@ -127,30 +126,6 @@ def test_without_a_swap_a_version_moved_aside_comes_back(tmp_path, clip, monkeyp
     assert sorted(os.listdir(serving)) == ["1", "2"]
     assert (serving / "1" / "saved_model.pb").read_bytes() == b"version 1"
     assert _classnames(serving / "2") == ["new"]
-
-
-def test_tflite_export_removes_a_killed_exports_staging_but_not_a_running_ones(tmp_path, clip, capsys):
-    _coop(clip, "red").save_prompt(tmp_path / "prompt.safetensors")
-    output = tmp_path / "model.tflite"
-    output.write_bytes(b"an earlier export")
-    # A killed export's staging folder: its intermediate SavedModel and half a file.
-    killed = tmp_path / f"{staging.PREFIX}killed"
-    (killed / "saved_model" / "variables").mkdir(parents=True)
-    (killed / "model.tflite").write_bytes(b"half a flatbuffer")
-    (killed / staging.TARGET_FILE).write_text("model.tflite")
-    # Another export still writing (it holds its folder's lock) is left alone.
-    running = tmp_path / f"{staging.PREFIX}running"
-    running.mkdir()
-    lock = os.open(running, os.O_RDONLY)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        assert main(["export", "--model", str(tmp_path / "prompt.safetensors"), "--backbone", "random_tiny",
-                     "--format", "tflite", "--output", str(output), "--overwrite"]) == 0
-    finally:
-        os.close(lock)
-    assert f"Exported CoOp to {output}" in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == sorted([running.name, "model.tflite", "prompt.safetensors"])
-    assert output.read_bytes()[4:8] == b"TFL3"  # a whole flatbuffer replaced the old file
 
 
 def test_a_staging_folder_removed_as_stale_before_its_lock_is_made_again(tmp_path, monkeypatch):
