@@ -168,7 +168,9 @@ def make_with_corrupt(tmp_path):
 def test_corrupt_image_stops_with_its_name(tmp_path):
     ds = make_with_corrupt(tmp_path)
     for training in (False, True):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode.*x/1\.jpg.*skip_corrupt"):
+        # The advice names the option for both kinds of user.
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"Cannot decode.*x/1\.jpg.*--skip-corrupt on the command line, skip_corrupt=True in Python"):
             collect(ds.to_tf_dataset("test", 2, training=training, image_size=8))
 
 

@@ -135,8 +135,9 @@ def make_pipeline(
         if not skip_corrupt:
             check = tf.debugging.Assert(ok, [
                 "Cannot decode the image file", name,
-                "(corrupt, truncated, or not JPEG/PNG/GIF/BMP). Replace or remove it, "
-                "or pass skip_corrupt=True to skip such images with a warning.",
+                "(corrupt, truncated, or not JPEG/PNG/GIF/BMP). Replace or remove it, or "
+                "skip such images with a warning: --skip-corrupt on the command line, "
+                "skip_corrupt=True in Python.",
             ])
             with tf.control_dependencies([check]):
                 image = tf.identity(image)
