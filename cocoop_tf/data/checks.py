@@ -1,66 +1,66 @@
-"""Finding unreadable images before any work starts.
+"""Finding unusable images before any work starts.
 
-Decoding every test image up front would cost as much as an evaluation, so
-each file gets a cheap structural check instead: it can be read, it starts
-with an image format's signature, and it ends as that format ends (a JPEG's
-end-of-image marker, a PNG's IEND chunk), which is what a truncated download
-or an interrupted copy lacks. Only a file that fails the check is decoded,
-so an unusual but valid file (a JPEG with trailing bytes, say) is never
-reported.
+Every image is decoded here as training and evaluation decode it (the same
+TensorFlow decoder), so that a file that would fail after hours of training
+fails now, or is left out with a line. Before decoding, the file must be a
+regular file of bounded size whose header declares a bounded number of
+pixels (see `image_files`): a FIFO, a device, a symlink loop or a
+decompression bomb is reported without being read or decoded.
 """
 
+import concurrent.futures
 import os
 
 import tensorflow as tf
 
-from cocoop_tf.data.transforms import load_image
+from cocoop_tf.data.image_files import ImageFileError
+from cocoop_tf.data.image_files import check_declared_size
+from cocoop_tf.data.image_files import read_image_file
+from cocoop_tf.data.transforms import decode_image
 from cocoop_tf.native_stderr import held_back
 
-_SIGNATURES = {
-    b"\xff\xd8": "jpeg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-    b"BM": "bmp",
-}
 _TAIL = 64
+# Decoding releases the GIL; a few threads use the cores a check would leave idle.
+_THREADS = min(8, os.cpu_count() or 1)
 
 
-def _looks_whole(path):
-    """`None` if the file looks like a whole image, else the reason it does not."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(max(size - _TAIL, 0))
-            tail = f.read()
-    except OSError as error:
-        return f"cannot be read: {error.strerror or error}"
-    if size == 0:
-        return "empty file"
-    kind = next((k for signature, k in _SIGNATURES.items() if head.startswith(signature)), None)
-    if kind is None:
-        return "not a JPEG, PNG, GIF or BMP file"
-    whole = {
+def _ends_whole(kind, data):
+    """Whether the data ends as its format ends: a truncated file does not."""
+    tail = data[-_TAIL:]
+    return {
         "jpeg": b"\xff\xd9" in tail,
         "png": b"IEND" in tail,
         "gif": tail.rstrip(b"\x00").endswith(b";"),
-        "bmp": len(head) >= 6 and int.from_bytes(head[2:6], "little") <= size,
+        "bmp": len(data) >= 6 and int.from_bytes(data[2:6], "little") <= len(data),
     }[kind]
-    return None if whole else f"truncated {kind.upper()}"
 
 
-def _decodes(path):
+def image_problem(path):
+    """Why an image file cannot be used, in a few words, or None if it decodes.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        None, or a reason such as "truncated JPEG" or "symlink loop: ...".
+    """
     try:
-        with held_back(show_on_error=False):  # libjpeg's own complaint; the caller names the file
-            load_image(path)
-        return True
-    except (OSError, ValueError, tf.errors.OpError):
-        return False
+        data = read_image_file(path)
+        kind = check_declared_size(path, data)
+    except ImageFileError as error:
+        return error.reason
+    try:
+        decode_image(tf.constant(data))
+    except (tf.errors.OpError, ValueError) as error:
+        if not _ends_whole(kind, data):
+            return f"truncated {kind.upper()}"
+        reason = " ".join(getattr(error, "message", str(error)).split("}}")[-1].split())
+        return f"cannot be decoded: {reason}"
+    return None
 
 
 def find_corrupt_images(paths):
-    """The image files among `paths` that cannot be decoded.
+    """The image files among `paths` that cannot be used.
 
     Args:
         paths: image file paths.
@@ -68,16 +68,15 @@ def find_corrupt_images(paths):
     Returns:
         A list of `(path, reason)`, in the order of `paths`.
     """
-    corrupt = []
-    for path in paths:
-        reason = _looks_whole(path)
-        if reason is not None and (reason.startswith("cannot") or not _decodes(path)):
-            corrupt.append((path, reason))
-    return corrupt
+    paths = list(paths)
+    # libjpeg writes its complaints to descriptor 2; the caller names the files.
+    with held_back(show_on_error=False), concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+        reasons = list(pool.map(image_problem, paths))
+    return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
 
 
 def check_images(items, where, skip=False, log=print):
-    """Stops on unreadable images, or leaves them out with a line each (`skip`).
+    """Stops on unusable images, or leaves them out with a line each (`skip`).
 
     Args:
         items: list of `Item` with file paths.
@@ -99,8 +98,8 @@ def check_images(items, where, skip=False, log=print):
         more = f" ({len(corrupt) - 1} more besides)" if len(corrupt) > 1 else ""
         raise ValueError(
             f"Corrupt image {path} ({reason}) in {where}{more}: replace or delete it, or "
-            "pass --skip-corrupt (skip_corrupt: true in a config file) to leave such "
-            "images out."
+            "leave such images out with --skip-corrupt (skip_corrupt: true in a config "
+            "file, RunConfig(skip_corrupt=True) in Python)."
         )
     for path, reason in corrupt.items():
         log(f"  skipping corrupt image {path} ({reason}) in {where}")

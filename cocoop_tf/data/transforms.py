@@ -1,14 +1,20 @@
 """Image decoding and CLIP's training and evaluation transforms, in TensorFlow ops."""
 
 import math
+import os
 
 import tensorflow as tf
+
+from cocoop_tf.data.image_files import check_declared_size
+from cocoop_tf.data.image_files import read_image_file
 
 
 def load_image(path):
     """Reads an image file (JPEG, PNG, GIF, BMP) as RGB uint8, [H, W, 3].
 
-    Grey images are repeated to three channels and alpha is dropped.
+    Grey images are repeated to three channels and alpha is dropped. Only a
+    regular file of bounded size whose header declares a bounded number of
+    pixels is read and decoded (see `image_files`).
 
     Args:
         path: path of the image file.
@@ -20,12 +26,13 @@ def load_image(path):
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a readable image.
     """
-    path = str(path)
-    if not tf.io.gfile.exists(path):
+    path = os.fspath(path)
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
-    data = tf.io.read_file(path)
+    data = read_image_file(path)
+    check_declared_size(path, data)
     try:
-        return decode_image(data)
+        return decode_image(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         # Keep TensorFlow's reason, without its op and device decorations.
         reason = error.message.split("}}")[-1].split("[Op:")[0].strip()
