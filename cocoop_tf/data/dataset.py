@@ -16,6 +16,7 @@ from cocoop_tf.data.pipeline import make_pipeline
 from cocoop_tf.data.sources import SPLITS
 from cocoop_tf.data.sources import benchmark_source
 from cocoop_tf.data.sources import folder_source
+from cocoop_tf.data.sources import path_problem
 from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.files import write_text
 
@@ -481,6 +482,11 @@ def load_dataset(
     for path in candidates:
         if os.path.isdir(path):
             return ImageDataset(folder_source(path, split_file))
+        if path_problem(path) == "symlink loop":
+            raise ValueError(
+                f"{path} is a symlink loop (a link that leads back to itself): point it at the "
+                "dataset folder, or give the folder itself."
+            )
     if os.sep in name or "/" in name or name.startswith((".", "~")):
         raise FileNotFoundError(
             f"No folder {' or '.join(map(repr, candidates))}: expected a folder with one "

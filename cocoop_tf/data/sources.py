@@ -6,6 +6,7 @@ order, or names sorted), never by the file system, so few-shot sampling picks
 the same images on every machine.
 """
 
+import errno
 import json
 import os
 import random
@@ -95,10 +96,54 @@ def list_images(folder):
 
 
 def list_folders(folder):
-    """Subfolders of a folder (no hidden ones), sorted by name."""
-    return sorted(
-        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
-    )
+    """Subfolders of a folder (no hidden ones), sorted by name.
+
+    Raises:
+        ValueError: an entry is a symlink loop (which would otherwise be
+            dropped as "not a folder", a class silently missing).
+    """
+    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    for entry in entries:
+        if entry.is_symlink() and path_problem(entry.path) == "symlink loop":
+            raise ValueError(
+                f"{entry.path} is a symlink loop (a link that leads back to itself): "
+                "point it at its class folder, or remove it."
+            )
+    return sorted(e.name for e in entries if e.is_dir())
+
+
+def path_problem(path):
+    """None if `path` exists, else "symlink loop" or "not found"."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return "symlink loop" if error.errno == errno.ELOOP else "not found"
+    return None
+
+
+def listed_path(image_dir, path, listed_in, entry):
+    """The image at `path` relative to `image_dir`, as a split or list file names it.
+
+    Args:
+        image_dir: the folder the paths are relative to.
+        path: the path as written in the file.
+        listed_in: the file, for messages.
+        entry: the file's entry, for messages.
+
+    Raises:
+        ValueError: the path is not a relative path inside `image_dir` (as
+            text, after removing "." and ".."; links inside the dataset are
+            followed as usual).
+    """
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{listed_in}: entry {entry!r} does not start with a relative path.")
+    normal = os.path.normpath(path)
+    if os.path.isabs(path) or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        raise ValueError(
+            f"{listed_in}: entry {entry!r} names a file outside the image folder {image_dir}; "
+            "the paths must be relative to it, without '..' leading out. Fix or replace the file."
+        )
+    return os.path.join(image_dir, normal)
 
 
 def read_split_file(split_file, image_dir):
@@ -135,8 +180,13 @@ def read_split_file(split_file, image_dir):
                     "[relative path, label, class name]."
                 )
             path, label, classname = entry
-            items.append(Item(os.path.join(image_dir, path), int(label)))
-            names.setdefault(int(label), classname)
+            if isinstance(label, bool) or not isinstance(label, int) or not isinstance(classname, str):
+                raise ValueError(
+                    f"{split_file!r}: entry {entry!r} of {split!r} is not "
+                    "[relative path, integer label, class name]."
+                )
+            items.append(Item(listed_path(image_dir, path, split_file, entry), label))
+            names.setdefault(label, classname)
         splits[split] = items
     check_files_exist(splits, split_file, image_dir)
     return _label_order(names, split_file), splits
@@ -145,12 +195,27 @@ def read_split_file(split_file, image_dir):
 def check_files_exist(splits, listed_in, image_dir):
     """Raises FileNotFoundError when a split lists image files that are not there.
 
+    A file that is there but cannot be read as an image (a folder, a FIFO)
+    is left to the image check, which names what it is.
+
     Args:
         splits: dict from split name to a list of `Item`.
         listed_in: the file that lists them (named in the message).
         image_dir: the folder the listed paths are relative to.
+
+    Raises:
+        FileNotFoundError: files are missing.
+        ValueError: a listed path is a symlink loop.
     """
-    missing = [item.path for items in splits.values() for item in items if not os.path.isfile(item.path)]
+    problems = {item.path: path_problem(item.path) for items in splits.values() for item in items}
+    loops = [path for path, problem in problems.items() if problem == "symlink loop"]
+    if loops:
+        raise ValueError(
+            f"{listed_in} lists {loops[0]}, a symlink loop (a link that leads back to itself)"
+            f"{f' ({len(loops) - 1} more besides)' if len(loops) > 1 else ''}: point it at "
+            "its image, or remove it."
+        )
+    missing = [path for path, problem in problems.items() if problem is not None]
     if missing:
         raise FileNotFoundError(
             f"{listed_in} lists {len(missing)} image file(s) that are missing, e.g. "
@@ -195,7 +260,8 @@ def read_aircraft(folder, image_dir):
                 image_id, _, variant = line.strip().partition(" ")
                 if variant not in labels:
                     raise ValueError(f"{path!r}: variant {variant!r} is not in variants.txt.")
-                items.append(Item(os.path.join(image_dir, image_id + ".jpg"), labels[variant]))
+                image = listed_path(image_dir, image_id + ".jpg", path, line.strip())
+                items.append(Item(image, labels[variant]))
         splits[split] = items
     check_files_exist(splits, os.path.join(folder, "images_variant_*.txt"), image_dir)
     return classnames, splits
@@ -316,7 +382,15 @@ def benchmark_source(benchmark, data_root, classnames_file=None):
         A `Source`.
     """
     folder = os.path.join(os.path.expanduser(os.fspath(data_root)), benchmark.folder)
-    missing = [p for p in benchmark.required_paths() if not os.path.exists(os.path.join(folder, p))]
+    required = {p: path_problem(os.path.join(folder, p)) for p in benchmark.required_paths()}
+    loops = [os.path.join(folder, p) for p, problem in required.items() if problem == "symlink loop"]
+    if loops:
+        loop = folder if path_problem(folder) == "symlink loop" else loops[0]
+        raise ValueError(
+            f"Dataset {benchmark.name!r}: {loop} is a symlink loop (a link that leads back to "
+            "itself): point it at the real file or folder, or remove it."
+        )
+    missing = [p for p, problem in required.items() if problem is not None]
     if missing:
         what = ", ".join(os.path.join(folder, p) for p in missing)
         raise FileNotFoundError(
