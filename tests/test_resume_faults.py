@@ -132,22 +132,27 @@ def test_resume_on_other_data_is_refused_the_same_data_moved_is_not(finished, co
     assert (copy / "results.json").read_bytes() == before
 
 
-def test_a_lost_run_json_does_not_lend_its_results_to_other_settings(finished, copy, capsys):
+def test_a_lost_run_json_lends_no_results_to_other_settings_and_a_misshapen_result_is_redone(
+    finished, copy, capsys
+):
     (copy / "run.json").write_text("")
     code, out, err = cli(capsys, train_args(finished[0], copy, "--resume", "--shots", 2, "--lr", 0.01, "--epochs", 3))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert ("runs/coop_seed1/result.json in " in err and "was made with other settings than this command's "
             "(different config.epochs, config.lr, config.shots)" in err)
     assert (copy / "run.json").read_text() == ""  # not claimed for these settings
-    # Without results, the checkpoints' own records decide.
-    for path in copy.glob("runs/*/result.json"):
-        path.unlink()
+    # Valid JSON of another shape (no settings, accuracy not numbers): the checkpoints'
+    # own records decide, and the result is evaluated again.
+    result = copy / "runs" / "coop_seed1" / "result.json"
+    done = json.loads(result.read_text())
+    result.write_text(json.dumps({**{k: v for k, v in done.items() if k != "settings"}, "accuracy": "high"}))
     code, out, err = cli(capsys, train_args(finished[0], copy, "--resume", "--lr", "0.01"))
     assert code == 2 and "runs/coop_seed1/checkpoints/epoch_001.safetensors" in err and "(different lr)" in err
     # The settings the run was started with continue it.
     code, out, err = cli(capsys, train_args(finished[0], copy, "--resume"))
     assert code == 0, err
     assert "run.json was damaged; written again" in out and "resumed after epoch 2" in out
+    assert "result.json is damaged; evaluating this run again" in out
     assert_same_results(copy, finished[1])
 
 
@@ -179,16 +184,6 @@ def test_evaluate_resume_after_the_prompt_file_changed(finished, tmp_path, capsy
     assert not np.array_equal(new["predicted"], planted)
     run = results(tmp_path / "old")["runs"][0]
     assert run["accuracy"]["oxford_pets"] == pytest.approx(100 * np.mean(new["predicted"] == new["labels"]))
-
-
-def test_a_result_json_of_another_shape_is_evaluated_again(finished, copy, capsys):
-    result = copy / "runs" / "coop_seed1" / "result.json"
-    done = json.loads(result.read_text())
-    result.write_text(json.dumps({**done, "accuracy": "high"}))  # valid JSON, another shape
-    code, out, err = cli(capsys, train_args(finished[0], copy, "--resume"))
-    assert code == 0, err
-    assert out.count("result.json is damaged; evaluating this run again") == 1
-    assert_same_results(copy, finished[1])
 
 
 # --- checkpoints -------------------------------------------------------------------------
