@@ -176,6 +176,21 @@ def test_hostile_images_stop_the_run_before_it_starts_or_are_skipped(tmp_path, c
     assert len(labels) == 4  # the good test images, every one evaluated
 
 
+def test_the_pipeline_refuses_a_decompression_bomb_before_decoding_it(tmp_path, capfd):
+    """What a library user meets who builds a pipeline without the run's check."""
+    for i in range(2):
+        write_image(tmp_path / "c" / "x" / f"{i}.png", seed=i)
+    png_bomb(tmp_path / "c" / "x" / "bomb.png")
+    ds = load_dataset(tmp_path / "c")
+    items = ds.train + ds.val + ds.test
+    with memory_limit():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode.*bomb\.png.*too many pixels"):
+            list(ds.to_tf_dataset("test", 4, training=False, image_size=8, items=items))
+        kept = list(ds.to_tf_dataset("test", 4, training=False, image_size=8, items=items, skip_corrupt=True))
+    assert sum(len(labels) for _, labels in kept) == 2
+    assert "skipping the image file " + str(tmp_path / "c" / "x" / "bomb.png") in capfd.readouterr().err
+
+
 def _pets(tmp_path):
     """A CoOp Oxford Pets folder; returns it and its split file's content."""
     pets = tmp_path / "data" / "oxford_pets"

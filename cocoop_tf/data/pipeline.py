@@ -12,7 +12,9 @@ parallel stages deliver them.
 Corrupt images: decoding runs inside a per-record dataset whose failure is
 caught (`ignore_errors`) and flagged, so the pipeline knows which file failed.
 By default it then stops with an error naming the file; with
-`skip_corrupt=True` it drops the image and prints a warning naming it.
+`skip_corrupt=True` it drops the image and prints a warning naming it. A
+PNG, GIF or BMP that declares more pixels than `MAX_IMAGE_PIXELS` counts as
+corrupt, before any decoding (see `transforms.decode_image`).
 """
 
 import sys
@@ -135,9 +137,9 @@ def make_pipeline(
         if not skip_corrupt:
             check = tf.debugging.Assert(ok, [
                 "Cannot decode the image file", name,
-                "(corrupt, truncated, or not JPEG/PNG/GIF/BMP). Replace or remove it, or "
-                "skip such images with a warning: --skip-corrupt on the command line, "
-                "skip_corrupt=True in Python.",
+                "(corrupt, truncated, too many pixels, or not JPEG/PNG/GIF/BMP). Replace or "
+                "remove it, or skip such images with a warning: --skip-corrupt on the command "
+                "line, skip_corrupt=True in Python.",
             ])
             with tf.control_dependencies([check]):
                 image = tf.identity(image)
@@ -179,7 +181,7 @@ def _decode_flagged(name, data, label, seed):
 def _keep_or_warn(name, image, ok, label, seed):
     def warn():
         message = tf.strings.join(["WARNING: skipping the image file ", name,
-                                   ", which cannot be decoded (corrupt, truncated, or "
+                                   ", which cannot be decoded (corrupt, truncated, too many pixels, or "
                                    "not JPEG/PNG/GIF/BMP)."])
         with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):
             return tf.constant(False)

@@ -3,8 +3,10 @@
 import math
 import os
 
+import numpy as np
 import tensorflow as tf
 
+from cocoop_tf.data.image_files import MAX_IMAGE_PIXELS
 from cocoop_tf.data.image_files import check_declared_size
 from cocoop_tf.data.image_files import read_image_file
 
@@ -78,15 +80,54 @@ def decode_image(data):
     GIF gives its first frame. A corrupt input makes the op fail; the input
     pipeline turns that into an error or a warning naming the file.
 
+    A PNG, GIF or BMP whose header declares more than `MAX_IMAGE_PIXELS`
+    pixels fails before it is decoded (a decompression bomb would otherwise
+    take all memory); `image_files.check_declared_size`, which the run's
+    image check applies, also bounds JPEGs and counts every GIF frame.
+
     Args:
         data: scalar string tensor, the file's bytes.
 
     Returns:
         A uint8 tensor [H, W, 3].
     """
+    # Too many pixels: decode nothing instead, which fails as a corrupt file does.
+    data = tf.where(_declared_pixels(data) <= MAX_IMAGE_PIXELS, data, b"")
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def _size_fields():
+    """[32, 6] weights that read width and height of a PNG, a GIF and a BMP from 32 header bytes."""
+    weights = np.zeros([32, 6])
+    for column, (offset, size, little_endian) in enumerate(
+        [(16, 4, False), (20, 4, False), (6, 2, True), (8, 2, True), (18, 4, True), (22, 4, True)]
+    ):
+        places = 256.0 ** np.arange(size)
+        weights[offset : offset + size, column] = places if little_endian else places[::-1]
+    return weights
+
+
+_SIZE_FIELDS = _size_fields()
+
+
+def _declared_pixels(data):
+    """Width x height as a PNG, GIF or BMP header declares them; 0 for other files.
+
+    One product of the first bytes with fixed weights, no control flow: the
+    guard runs for every image of every epoch. (JPEG sizes need a walk
+    through the header's segments, which `image_files` does before a run.)
+    """
+    # The first 32 bytes, zero-padded: a short file gives 0 here and fails in the decoder.
+    head = tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, b"\0" * 32]), 0, 32), tf.uint8)
+    head = tf.cast(head, tf.float64)  # float64: 2**32 x 2**32 does not overflow
+    png_w, png_h, gif_w, gif_h, bmp_w, bmp_h = tf.unstack(tf.linalg.matvec(_SIZE_FIELDS.T, head))
+    # BMP sizes are signed (a negative height stores rows top down).
+    bmp_w, bmp_h = (tf.abs(tf.where(v >= 2.0**31, v - 2.0**32, v)) for v in (bmp_w, bmp_h))
+    first = head[0]
+    return tf.where(first == 0x89, png_w * png_h, tf.where(
+        first == ord("G"), gif_w * gif_h, tf.where(first == ord("B"), bmp_w * bmp_h, 0.0)))
 
 
 def random_crop_window(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
