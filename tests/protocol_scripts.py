@@ -106,8 +106,8 @@ def worker(index, data_root, output, option):
     starts the run without --resume (the command every worker gets first). Environment:
     COCOOP_TEST_SLOW_FOLDER=SECONDS waits before the output folder is opened, so the other
     worker gets there first; COCOOP_TEST_KILL=MOMENT kills this worker by SIGKILL at one
-    moment of the run: `first_epoch` (before its second step), `in_step` (during the first
-    step of epoch 2), `epoch_2` (after epoch 2), `evaluation` (as evaluation starts).
+    moment of the run: `in_step` (during the first step of epoch 2), `epoch_2` (after epoch 2),
+    `evaluation` (as evaluation starts).
     """
     import json
     import signal
@@ -135,18 +135,17 @@ def worker(index, data_root, output, option):
                 die()
 
         keras.callbacks.TerminateOnNaN.on_epoch_end = on_epoch_end
-    elif kill in ("first_epoch", "in_step"):
-        # first_epoch: before the second step of epoch 1, as the chief starts its all-reduce;
-        # in_step: 30 ms into the first step of epoch 2 (traced by then), mid-transfer.
+    elif kill == "in_step":
+        # 30 ms into the first step of epoch 2 (traced by then, so tens of ms long): often in
+        # the middle of an all-reduce's transfer, which TensorFlow then reports as the RPC
+        # error's "remote target", otherwise by missed heartbeats ("unhealthy").
         epochs = []
 
         def on_epoch_begin(self, epoch, logs=None):
             epochs.append(epoch)
 
         def on_train_batch_begin(self, batch, logs=None):
-            if kill == "first_epoch" and epochs == [0] and batch == 1:
-                die()
-            if kill == "in_step" and epochs == [0, 1] and batch == 0:
+            if epochs == [0, 1] and batch == 0:
                 threading.Timer(0.03, die).start()
 
         keras.callbacks.TerminateOnNaN.on_epoch_begin = on_epoch_begin

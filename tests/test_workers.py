@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from protocol_fixtures import write_coop_data_root
 from protocol_scripts import DISTRIBUTED
 from protocol_scripts import worker_arguments
+from real_layouts import write_real_layout
 
 from cocoop_tf.protocols import RunFolderError
 from cocoop_tf.protocols.distribute import WorkerLostError
@@ -97,7 +97,10 @@ def test_a_non_chief_worker_leaves_the_output_folder_to_the_chief(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_coop_data_root(str(tmp_path_factory.mktemp("data")))
+    """OxfordPets in its real layout, 6 classes (the tiny model predicts more than one of them)."""
+    root = str(tmp_path_factory.mktemp("data"))
+    write_real_layout(root, "oxford_pets", (2, 2, 2))
+    return root
 
 
 def _free_ports(count):
@@ -137,16 +140,14 @@ def _environ():
 def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, tmp_path, capsys):
     """README's "same command on every worker", one shared --output, the non-chief slowed down so
     that the chief has written run.json before the non-chief opens the folder."""
-    chief, other = _workers(data_root, tmp_path / "shared", ",fresh", other_env={"COCOOP_TEST_SLOW_FOLDER": "4"})
+    from cocoop_tf.cli import main
+
+    assert main(worker_arguments(data_root, tmp_path / "one")) == 0, capsys.readouterr().err
+    assert "1 replica(s)" in capsys.readouterr().out
+    chief, other = _workers(data_root, tmp_path / "shared", ",fresh", other_env={"COCOOP_TEST_SLOW_FOLDER": "3"})
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
     assert "2 replica(s)" in chief.stdout and "Results in" in chief.stdout
     assert "Results in" not in other.stdout  # only the chief writes
-
-    from cocoop_tf.cli import main
-
-    capsys.readouterr()
-    assert main(worker_arguments(data_root, tmp_path / "one")) == 0
-    assert "1 replica(s)" in capsys.readouterr().out
     one = load_file(tmp_path / "one" / RUN / "prompt.safetensors")
     start = load_file(tmp_path / "one" / RUN / "checkpoints" / "epoch_001.safetensors")
     assert any(not np.allclose(start[k], one[k]) for k in one)  # training moved the weights
@@ -168,11 +169,11 @@ def test_a_worker_killed_at_any_moment_is_named_in_the_chief_s_one_line_error(da
     way), or as evaluation starts; after epoch 2 is test_protocols.py's two-worker test. The
     chief, slowed before the folder this time, names worker 1 and stops."""
     chief, other = _workers(
-        data_root, tmp_path / "shared", ",fresh", chief_env={"COCOOP_TEST_SLOW_FOLDER": "2"},
+        data_root, tmp_path / "shared", ",fresh", chief_env={"COCOOP_TEST_SLOW_FOLDER": "1"},
         other_env={"COCOOP_TEST_KILL": moment},
     )
     assert other.returncode == -9, other.stderr[-3000:]
-    errors = [line for line in chief.stderr.splitlines() if "error" in line]
+    errors = [line for line in chief.stderr.splitlines() if line.startswith("cocoop-tf train: error")]
     assert chief.returncode == 2 and errors == [
         "cocoop-tf train: error: Lost contact with worker 1 of the cluster (it stopped, or its machine "
         f"did), so this worker stops too. The epochs finished so far are checkpointed in {tmp_path / 'shared'}: "

@@ -130,8 +130,10 @@ def run_protocol(
         The dict written to `results.json` (see `cocoop_tf.protocols.results`).
     """
     started = time.time()
-    plan = plan_run(protocol, config, source, subset, evaluations, prompts, log)
+    # The strategy first: a multi-worker one must be made before TensorFlow runs any op
+    # (checking the images decodes them), or it fails ("configured at program startup").
     strategy = make_strategy(config.strategy, config.tpu)
+    plan = plan_run(protocol, config, source, subset, evaluations, prompts, log)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     folder = None
