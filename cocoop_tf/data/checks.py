@@ -16,7 +16,7 @@ import tensorflow as tf
 from cocoop_tf.data.image_files import ImageFileError
 from cocoop_tf.data.image_files import check_declared_size
 from cocoop_tf.data.image_files import read_image_file
-from cocoop_tf.data.transforms import decode_image
+from cocoop_tf.data.transforms import decode_checked_image
 from cocoop_tf.native_stderr import held_back
 
 _TAIL = 64
@@ -50,7 +50,7 @@ def image_problem(path):
     except ImageFileError as error:
         return error.reason
     try:
-        decode_image(tf.constant(data))
+        decode_checked_image(tf.constant(data))
     except (tf.errors.OpError, ValueError) as error:
         if not _ends_whole(kind, data):
             return f"truncated {kind.upper()}"

@@ -92,13 +92,15 @@ def read_image_file(path, max_bytes=MAX_IMAGE_BYTES):
     except OSError as error:
         raise ImageFileError(path, _os_reason(path, error)) from None
     with os.fdopen(fd, "rb") as f:
-        _check_regular(path, os.fstat(fd), max_bytes)
+        info = os.fstat(fd)
+        _check_regular(path, info, max_bytes)
         try:
-            data = f.read(max_bytes + 1)
+            # A read allocates what it asks for: ask for the size the file has, and one byte more.
+            data = f.read(info.st_size + 1)
         except OSError as error:
             raise ImageFileError(path, _os_reason(path, error)) from None
-    if len(data) > max_bytes:  # it grew while being read
-        raise ImageFileError(path, f"more than the {max_bytes:,} bytes an image file may have")
+    if len(data) > info.st_size:
+        raise ImageFileError(path, "it grew while being read: let whatever writes it finish")
     if not data:
         raise ImageFileError(path, "empty file")
     return data

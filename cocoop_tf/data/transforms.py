@@ -34,7 +34,7 @@ def load_image(path):
     data = read_image_file(path)
     check_declared_size(path, data)
     try:
-        return decode_image(tf.constant(data))
+        return decode_checked_image(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         # Keep TensorFlow's reason, without its op and device decorations.
         reason = error.message.split("}}")[-1].split("[Op:")[0].strip()
@@ -93,6 +93,22 @@ def decode_image(data):
     """
     # Too many pixels: decode nothing instead, which fails as a corrupt file does.
     data = tf.where(_declared_pixels(data) <= MAX_IMAGE_PIXELS, data, b"")
+    return decode_checked_image(data)
+
+
+def decode_checked_image(data):
+    """`decode_image`'s decoder, without its pixel guard, for bytes already checked.
+
+    For files read through `image_files.read_image_file` and passed by
+    `image_files.check_declared_size` (a stricter bound); eagerly, the guard's
+    dozen small ops would cost more than decoding a small image.
+
+    Args:
+        data: scalar string tensor, the file's bytes.
+
+    Returns:
+        A uint8 tensor [H, W, 3].
+    """
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
