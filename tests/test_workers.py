@@ -113,15 +113,16 @@ def _free_ports(count):
     return ports
 
 
-def _workers(data_root, output, flags="", chief_env=None, other_env=None, timeout=300):
-    """Worker 0 (the chief) and worker 1 on loopback, both given `output`; their CompletedProcesses."""
+def _workers(data_root, output, flags="", chief_env=None, other_env=None, other_output=None, timeout=300):
+    """Worker 0 (the chief) and worker 1 on loopback, both given `output` (or worker 1
+    `other_output`); their CompletedProcesses."""
     ports = ",".join(map(str, _free_ports(2)))
     processes = [
         subprocess.Popen(
-            [sys.executable, TESTS / "protocol_scripts.py", f"worker{index}", data_root, output, ports + flags],
+            [sys.executable, TESTS / "protocol_scripts.py", f"worker{index}", data_root, folder, ports + flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_environ(), **(env or {})},
         )
-        for index, env in enumerate([chief_env, other_env])
+        for index, (folder, env) in enumerate([(output, chief_env), (other_output or output, other_env)])
     ]
     try:
         outputs = [p.communicate(timeout=timeout) for p in processes]
@@ -139,7 +140,7 @@ def _environ():
 
 def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, tmp_path, capsys):
     """README's "same command on every worker", one shared --output, the non-chief slowed down so
-    that the chief has written run.json before the non-chief opens the folder."""
+    that the chief has written run.json before the non-chief opens the folder; then --resume."""
     from cocoop_tf.cli import main
 
     assert main(worker_arguments(data_root, tmp_path / "one")) == 0, capsys.readouterr().err
@@ -161,6 +162,14 @@ def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, 
         np.testing.assert_array_equal(predictions[name], expected[name], err_msg=name)
     shared = json.loads((tmp_path / "shared" / "results.json").read_text())
     assert shared["runs"][0]["accuracy"] == json.loads((tmp_path / "one" / "results.json").read_text())["runs"][0]["accuracy"]
+
+    # --resume of the finished run, worker 1 given a folder of its own (it need not see the
+    # chief's): the chief's "done before" holds for both, or worker 1 would train alone.
+    chief, other = _workers(data_root, tmp_path / "shared", other_output=tmp_path / "elsewhere")
+    assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
+    assert "CoCoOp, seed 1: done before, kept" in chief.stdout and "CoCoOp, seed 1: done before, kept" in other.stdout
+    assert "training on" not in chief.stdout + other.stdout
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("moment", ["in_step", "evaluation"])

@@ -62,6 +62,7 @@ from cocoop_tf.protocols.run_folder import read_json
 from cocoop_tf.protocols.training import EPOCH_FILE
 from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
+from cocoop_tf.training.workers import json_from_chief
 from cocoop_tf.training.workers import spans_workers
 
 # Settings that change how a test split is predicted, never the predictions: a resumed run may
@@ -161,13 +162,18 @@ def run_protocol(
             run_dir = _run_dir(plan, folder.path, index)
             label = f"[{index}/{len(plan.jobs)}] {display_name(method)}" + ("" if seed is None else f", seed {seed}")
             result_file = os.path.join(run_dir, "result.json")
-            if resume and os.path.exists(result_file):
-                done = finished_run(read_json(result_file), plan, method, seed, prompt)
+            if resume:
+                done = None
+                if folder.write_files and os.path.exists(result_file):
+                    done = finished_run(read_json(result_file), plan, method, seed, prompt)
+                    if done is None:
+                        log(f"{label}: {result_file} is damaged; evaluating this run again")
+                # The chief's verdict on every worker: the others may not see its folder.
+                done = json_from_chief(strategy, done)
                 if done is not None:
                     runs.append(done)
                     log(f"{label}: done before, kept")
                     continue
-                log(f"{label}: {result_file} is damaged; evaluating this run again")
             log(f"{label}")
             set_seeds(seed if seed is not None else 0, config.deterministic)
             with strategy.scope():

@@ -2,8 +2,11 @@
 
 A MultiWorkerMirroredStrategy runs the same program in every worker; only
 the first worker (the chief) writes files, so what it read from them (the
-epoch to resume from, finished evaluation shards) has to reach the others.
+epoch to resume from, finished evaluation shards, finished runs) has to
+reach the others, which may not see its folder at all.
 """
+
+import json
 
 import numpy as np
 import tensorflow as tf
@@ -57,3 +60,20 @@ def from_chief(strategy, values):
 
     summed = tf.function(strategy.run)(keep_first, args=tuple(tf.constant(v) for v in values))
     return [np.asarray(strategy.experimental_local_results(t)[0]) for t in summed]
+
+
+def json_from_chief(strategy, value):
+    """The chief's JSON-able `value` (e.g. a finished run's record), on every worker; `value`
+    itself without workers.
+
+    Every worker must call it (a non-chief's `value` is ignored).
+    """
+    if not spans_workers(strategy):
+        return value
+    # The bytes as int32, a dtype the collectives reduce (as the shard predictions).
+    data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8).astype(np.int32)
+    (size,) = from_chief(strategy, [np.int64(data.size)])
+    sent = np.zeros(int(size), np.int32)
+    sent[: min(data.size, sent.size)] = data[: sent.size]
+    (received,) = from_chief(strategy, [sent])
+    return json.loads(received.astype(np.uint8).tobytes().decode("utf-8"))
