@@ -50,7 +50,7 @@ TRACE = (
 )
 
 
-def test_a_lost_worker_is_named_in_either_form_tensorflow_gives():
+def test_a_lost_worker_is_named_in_either_form_tensorflow_gives(monkeypatch):
     assert lost_tasks(TRACE + HEARTBEATS) == [("worker", 1)]
     assert lost_tasks(TRACE + TRANSFER) == [("worker", 1)]
     # The heartbeat list is the service's verdict: a transfer from a live worker fails too.
@@ -65,8 +65,14 @@ def test_a_lost_worker_is_named_in_either_form_tensorflow_gives():
 
     line = str(WorkerLostError.from_error(Error, "out"))
     assert line.startswith("Lost contact with worker 1 of the cluster") and "--resume" in line
+    assert "checkpointed in out: start every worker again" in line
     Error.message = "Socket closed"
     assert str(WorkerLostError.from_error(Error, "out")).startswith("Lost contact with another worker")
+    # A worker that is not the chief wrote nothing in its own --output.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1},
+    }))
+    assert "checkpointed in the chief's --output folder: start" in str(WorkerLostError.from_error(Error, "out"))
 
 
 def test_a_non_chief_worker_leaves_the_output_folder_to_the_chief(tmp_path):

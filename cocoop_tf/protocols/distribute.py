@@ -89,9 +89,10 @@ class WorkerLostError(RuntimeError):
     def from_error(cls, error, output):
         tasks = lost_tasks(error.message)
         who = ", ".join(f"{job} {index}" for job, index in tasks) or "another worker"
+        where = output if is_chief() else "the chief's --output folder"  # only the chief writes
         return cls(
             f"Lost contact with {who} of the cluster (it stopped, or its machine did), so this "
-            f"worker stops too. The epochs finished so far are checkpointed in {output}: start "
+            f"worker stops too. The epochs finished so far are checkpointed in {where}: start "
             "every worker again with the same command and --resume."
         )
 
