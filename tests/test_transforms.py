@@ -40,7 +40,7 @@ def test_load_image_grey_rgba_and_corrupt(tmp_path):
     assert load_image(rgba).shape == (5, 7, 3)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(ValueError, match="Cannot read .*broken.jpg.* as an image: truncated JPEG"):
+    with pytest.raises(ValueError, match="Cannot decode .*broken.jpg.* as an image: truncated JPEG"):
         load_image(broken)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")

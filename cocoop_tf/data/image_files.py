@@ -35,7 +35,7 @@ class ImageFileError(ValueError):
     """
 
     def __init__(self, path, reason):
-        super().__init__(f"Cannot read {path!r} as an image: {reason}.")
+        super().__init__(f"Cannot decode {path!r} as an image: {reason}.")
         self.path = path
         self.reason = reason
 
