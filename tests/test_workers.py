@@ -47,7 +47,7 @@ TRANSFER = (
 TRACE = (
     "Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call "
     "last):\n  File \"/job:worker/replica:0/task:7/train.py\", line 10, in <module>\n\n"
-)
+)  # a path that looks like a task's name: neither form, never taken
 
 
 def test_a_lost_worker_is_named_in_either_form_tensorflow_gives(monkeypatch):
@@ -72,7 +72,8 @@ def test_a_lost_worker_is_named_in_either_form_tensorflow_gives(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1},
     }))
-    assert "checkpointed in the chief's --output folder: start" in str(WorkerLostError.from_error(Error, "out"))
+    line = str(WorkerLostError.from_error(Error, "out"))
+    assert "checkpointed in the chief's --output folder: start" in line
 
 
 def test_a_non_chief_worker_leaves_the_output_folder_to_the_chief(tmp_path):
@@ -125,7 +126,8 @@ def _workers(data_root, output, flags="", chief_env=None, other_env=None, other_
     ports = ",".join(map(str, _free_ports(2)))
     processes = [
         subprocess.Popen(
-            [sys.executable, TESTS / "protocol_scripts.py", f"worker{index}", data_root, folder, ports + flags],
+            [sys.executable, TESTS / "protocol_scripts.py", f"worker{index}", data_root, folder,
+             ports + flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_environ(), **(env or {})},
         )
         for index, (folder, env) in enumerate([(output, chief_env), (other_output or output, other_env)])
@@ -151,7 +153,8 @@ def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, 
 
     assert main(worker_arguments(data_root, tmp_path / "one")) == 0, capsys.readouterr().err
     assert "1 replica(s)" in capsys.readouterr().out
-    chief, other = _workers(data_root, tmp_path / "shared", ",fresh", other_env={"COCOOP_TEST_SLOW_FOLDER": "3"})
+    slowed = {"COCOOP_TEST_SLOW_FOLDER": "3"}
+    chief, other = _workers(data_root, tmp_path / "shared", ",fresh", other_env=slowed)
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
     assert "2 replica(s)" in chief.stdout and "Results in" in chief.stdout
     assert "Results in" not in other.stdout  # only the chief writes
@@ -166,23 +169,26 @@ def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, 
     assert len(set(expected["predicted"])) > 1  # a comparison that could fail
     for name in ("labels", "predicted", "classnames"):
         np.testing.assert_array_equal(predictions[name], expected[name], err_msg=name)
-    shared = json.loads((tmp_path / "shared" / "results.json").read_text())
-    assert shared["runs"][0]["accuracy"] == json.loads((tmp_path / "one" / "results.json").read_text())["runs"][0]["accuracy"]
+    accuracy = [json.loads((tmp_path / run / "results.json").read_text())["runs"][0]["accuracy"]
+                for run in ("one", "shared")]
+    assert accuracy[0] == accuracy[1]
 
     # --resume of the finished run, worker 1 given a folder of its own (it need not see the
     # chief's): the chief's "done before" holds for both, or worker 1 would train alone.
     chief, other = _workers(data_root, tmp_path / "shared", other_output=tmp_path / "elsewhere")
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
-    assert "CoCoOp, seed 1: done before, kept" in chief.stdout and "CoCoOp, seed 1: done before, kept" in other.stdout
+    assert "CoCoOp, seed 1: done before, kept" in chief.stdout
+    assert "CoCoOp, seed 1: done before, kept" in other.stdout
     assert "training on" not in chief.stdout + other.stdout
     assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("moment", ["in_step", "evaluation"])
 def test_a_worker_killed_at_any_moment_is_named_in_the_chief_s_one_line_error(data_root, tmp_path, moment):
-    """Worker 1 SIGKILLs itself mid-way through a training step (its collective transfers under
-    way), or as evaluation starts; after epoch 2 is test_protocols.py's two-worker test. The
-    chief, slowed before the folder this time, names worker 1 and stops."""
+    """Worker 1 SIGKILLs itself 30 ms into a training step of epoch 2 (TensorFlow reports that as a
+    failed transfer or as missed heartbeats, by chance), or as evaluation starts; after epoch 2 is
+    test_protocols.py's two-worker test. The chief, slowed before the folder this time (the
+    opposite order), names worker 1 and stops."""
     chief, other = _workers(
         data_root, tmp_path / "shared", ",fresh", chief_env={"COCOOP_TEST_SLOW_FOLDER": "1"},
         other_env={"COCOOP_TEST_KILL": moment},
@@ -191,10 +197,10 @@ def test_a_worker_killed_at_any_moment_is_named_in_the_chief_s_one_line_error(da
     errors = [line for line in chief.stderr.splitlines() if line.startswith("cocoop-tf train: error")]
     assert chief.returncode == 2 and errors == [
         "cocoop-tf train: error: Lost contact with worker 1 of the cluster (it stopped, or its machine "
-        f"did), so this worker stops too. The epochs finished so far are checkpointed in {tmp_path / 'shared'}: "
-        "start every worker again with the same command and --resume."
+        "did), so this worker stops too. The epochs finished so far are checkpointed in "
+        f"{tmp_path / 'shared'}: start every worker again with the same command and --resume."
     ], chief.stderr[-3000:]
-    checkpoints = sorted(p.name for p in (tmp_path / "shared" / RUN / "checkpoints").glob("epoch_*"))
-    epochs = 1 if moment == "in_step" else DISTRIBUTED["epochs"]  # it died where it was meant to
-    assert len(checkpoints) == 2 * epochs, checkpoints
+    # It died where it was meant to: in epoch 2 (the chief may have finished it), or after training.
+    epochs = len(list((tmp_path / "shared" / RUN / "checkpoints").glob("epoch_*.optimizer.safetensors")))
+    assert epochs in ((1, 2) if moment == "in_step" else (DISTRIBUTED["epochs"],)), epochs
     assert not (tmp_path / "shared" / RUN / "result.json").exists()
