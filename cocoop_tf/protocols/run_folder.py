@@ -90,13 +90,11 @@ class RunFolder:
                 "choose a new or empty --output folder."
             )
         if not ours:
-            if write_files:
-                os.makedirs(self.path, exist_ok=True)
-                self._take_lock(log)
-                write_text(run_file, json.dumps(settings, indent=2))
-            return
-        if write_files:
+            os.makedirs(self.path, exist_ok=True)
             self._take_lock(log)
+            write_text(run_file, json.dumps(settings, indent=2))
+            return
+        self._take_lock(log)
         try:
             stored = read_json(run_file) if os.path.exists(run_file) else None
             if stored is None:
@@ -109,8 +107,7 @@ class RunFolder:
                 if check_files:  # before run.json says these settings are the folder's
                     check_files()
                 log(f"{run_file} was damaged; written again from this command's settings")
-                if write_files:
-                    write_text(run_file, json.dumps(settings, indent=2))
+                write_text(run_file, json.dumps(settings, indent=2))
             elif stored != settings:
                 differing = _differences(stored, settings)
                 meanings = [_MEANING[key] for key in _MEANING if any(
@@ -129,10 +126,9 @@ class RunFolder:
                 )
             elif check_files:
                 check_files()
-            if write_files:
-                # Half-written files of a process killed outright (SIGKILL), which never renamed them.
-                for staging in remove_staging(self.path):
-                    log(f"Removed {staging}, left half-written by a killed process")
+            # Half-written files of a process killed outright (SIGKILL), which never renamed them.
+            for staging in remove_staging(self.path):
+                log(f"Removed {staging}, left half-written by a killed process")
         except BaseException:
             self.close()
             raise
