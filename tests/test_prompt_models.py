@@ -224,7 +224,8 @@ def test_prompt_checkpoint_mismatch_is_explained(clip, tmp_path):
         cocoop_tf.CoCoOp(wider, NAMES).load_prompt(path)
     del wider
     keras.backend.clear_session()
-    with pytest.raises(ValueError, match="is a CoCoOp prompt, not CoOp"):
+    with pytest.raises(ValueError, match=r"holds a CoCoOp prompt, not a CoOp one: load it with "
+                       r"CoCoOp.from_prompt \(on the command line: --method cocoop, or no --method\)"):
         cocoop_tf.CoOp.from_prompt(clip, path)
     with pytest.raises(ValueError, match="meta_net/linear1/.* has shape .*this model needs"):
         cocoop_tf.CoCoOp(clip, NAMES, reduction=2).load_prompt(path)

@@ -38,6 +38,35 @@ def clean_classnames(classnames):
     return cleaned
 
 
+# One token covers at most 32 characters (the vocabulary's longest entry); twice
+# that per token leaves room for what the tokenizer's cleanup drops (spaces, HTML entities).
+CHARS_PER_TOKEN = 64
+
+
+def check_text_length(text, context_length, what):
+    """Refuses, before it is tokenised, a text far longer than the context could hold.
+
+    Tokenising costs time and memory with the text's length (a word's
+    byte-pair merges grow with its square); no text this long fits.
+
+    Args:
+        text: a prompt, class name or context's words.
+        context_length: the text encoder's context length.
+        what: how the error names the text ("The class name 'x'").
+    """
+    if len(text) > context_length * CHARS_PER_TOKEN:
+        raise ValueError(
+            f"{what} is {len(text)} characters long: far more than the text encoder's context "
+            f"of {context_length} tokens can hold. Shorten it."
+        )
+
+
+def shown(value):
+    """`repr(value)` cut to 60 characters, for an error that quotes a file's or a user's value."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def tokenize_prompts(texts, classnames, context_length, reserved=0):
     """Tokenises one prompt text per class, naming the class that does not fit.
 
@@ -52,6 +81,7 @@ def tokenize_prompts(texts, classnames, context_length, reserved=0):
         int32 array [len(texts), context_length].
     """
     for text, name in zip(texts, classnames):
+        check_text_length(text, context_length, f"The class name {shown(name)}")
         needed = len(encode(text)) + 2 + reserved
         if needed > context_length:
             raise ValueError(

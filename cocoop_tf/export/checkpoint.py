@@ -37,7 +37,10 @@ def load_model(path, backbone=None, method=None, force=False):
                 "A .keras file holds its backbone and method; --backbone and "
                 "--method apply to prompt checkpoints (.safetensors) only."
             )
-        return keras.saving.load_model(path)
+        try:
+            return keras.saving.load_model(path)
+        except TypeError as error:  # a config naming what Keras cannot (or may not) build
+            raise ValueError(f"{path!r} is not a .keras model this library can load: {error}") from None
     if path.endswith(".safetensors"):
         if backbone is None:
             raise ValueError(

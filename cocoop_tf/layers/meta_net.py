@@ -1,5 +1,7 @@
 """CoCoOp's Meta-Net: a per-image bias for the prompt context."""
 
+import numbers
+
 import keras
 
 
@@ -40,6 +42,8 @@ class MetaNet(keras.layers.Layer):
 
     def __init__(self, output_dim, reduction=16, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(reduction, bool) or not isinstance(reduction, numbers.Integral) or reduction < 1:
+            raise ValueError(f"reduction (--reduction) must be a whole number >= 1, got {str(reduction)[:60]!r}.")
         self.output_dim = int(output_dim)
         self.reduction = int(reduction)
 

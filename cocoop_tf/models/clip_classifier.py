@@ -11,7 +11,7 @@ from cocoop_tf.clip.tokenizer import decode
 from cocoop_tf.layers.clip_image_encoder import CLIPImageEncoder
 from cocoop_tf.layers.prompt_text_encoder import PromptTextEncoder
 from cocoop_tf.models.prompt_file import load_prompt
-from cocoop_tf.models.prompt_file import read_prompt
+from cocoop_tf.models.prompt_file import model_for_prompt
 from cocoop_tf.models.prompt_file import write_prompt
 from cocoop_tf.training.batch_guard import PROBLEMS
 from cocoop_tf.training.batch_guard import BatchGuard
@@ -401,7 +401,9 @@ class CLIPClassifier(keras.Model):
         """Builds the model on `clip` with the learned weights of a prompt file.
 
         The model is `from_config` of the config the file records, with
-        `clip` as its backbone.
+        `clip` as its backbone. The file is read as untrusted input: its
+        sizes, tensor types and settings are checked (against the method,
+        the tensors in the file and `clip`) before anything is built.
 
         Args:
             clip: the backbone the prompt was trained on.
@@ -409,19 +411,23 @@ class CLIPClassifier(keras.Model):
             classnames: the classes to classify; default the training classes.
             force: see `load_prompt`.
             **kwargs: constructor arguments that replace the recorded ones.
+
+        Raises:
+            ValueError: naming the file and what does not fit.
         """
-        _, metadata = read_prompt(path)
-        if metadata["method"] != cls.__name__:
-            raise ValueError(
-                f"{str(path)!r} is a {metadata['method']} prompt, not {cls.__name__}; "
-                f"use {metadata['method']}.from_prompt."
-            )
-        config = {**metadata["config"], **kwargs, "clip": clip}
-        if classnames is not None:
-            config["classnames"] = list(classnames)
-        model = cls.from_config(config)
-        model.load_prompt(path, force=force)
-        return model
+        return model_for_prompt(cls, clip, path, classnames=classnames, force=force, **kwargs)
+
+    @classmethod
+    def check_prompt_config(cls, config, shapes):
+        """Raises ValueError where a prompt file's settings disagree with its tensors.
+
+        Called by `from_prompt` before the model is built, so that a damaged
+        or hostile file (e.g. 20 million context vectors) builds nothing.
+
+        Args:
+            config: the settings `from_config` will be given (without the backbone).
+            shapes: the shape tuple of each tensor in the file, by variable path.
+        """
 
     # --- serialisation -------------------------------------------------------------
 

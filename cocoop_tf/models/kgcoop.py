@@ -1,9 +1,13 @@
 """KgCoOp: CoOp kept close to the hand-crafted prompt's knowledge."""
 
+import math
+import numbers
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from cocoop_tf.clip.prompts import shown
 from cocoop_tf.models.coop import CoOp
 from cocoop_tf.models.registry import register_method
 from cocoop_tf.models.zero_shot_clip import ZeroShotCLIP
@@ -73,6 +77,13 @@ class KgCoOp(CoOp):
         template="a photo of a {}.", kg_weight=8.0, **kwargs,
     ):
         template = template or "a photo of a {}."
+        if not isinstance(template, (str, list, tuple)) or not all(isinstance(t, str) for t in template):
+            raise ValueError(
+                f"template (--template) must be a format string with one '{{}}', or a list of them; "
+                f"got {shown(template)}."
+            )
+        if isinstance(kg_weight, bool) or not isinstance(kg_weight, numbers.Real) or not math.isfinite(kg_weight):
+            raise ValueError(f"kg_weight (--kg-weight) must be a finite number, got {shown(kg_weight)}.")
         self.template = template if isinstance(template, str) else list(template)
         self.kg_weight = float(kg_weight)
         self._hand_crafted_features = None

@@ -1,12 +1,17 @@
 """MaPLe: coupled language and vision prompts in the first J blocks of both towers."""
 
+import numbers
+
 from cocoop_tf.clip.backbone import word_embeddings
 from cocoop_tf.clip.prompts import clean_classnames
+from cocoop_tf.clip.prompts import shown
 from cocoop_tf.clip.prompts import tokenize_prompts
 from cocoop_tf.clip.tokenizer import encode
 from cocoop_tf.layers.multimodal_prompt_learner import MultiModalPromptLearner
 from cocoop_tf.models.clip_classifier import CLIPClassifier
 from cocoop_tf.models.clip_classifier import l2_normalize
+from cocoop_tf.models.prompt_learning import check_ctx_init
+from cocoop_tf.models.prompt_learning import check_n_ctx
 from cocoop_tf.models.registry import register_method
 
 
@@ -60,15 +65,18 @@ class MaPLe(CLIPClassifier):
 
     def __init__(self, clip, classnames, n_ctx=2, ctx_init="a photo of a", prompt_depth=9, **kwargs):
         super().__init__(clip, **kwargs)
+        context_length = clip.text_encoder.max_sequence_length
+        n_ctx, ctx_init = check_n_ctx(n_ctx, context_length), check_ctx_init(ctx_init, context_length)
         text_blocks, vision_blocks = len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers)
         blocks = min(text_blocks, vision_blocks)
-        if not 1 <= prompt_depth <= blocks:
+        whole = isinstance(prompt_depth, numbers.Integral) and not isinstance(prompt_depth, bool)
+        if not whole or not 1 <= prompt_depth <= blocks:
             raise ValueError(
-                f"prompt_depth is {prompt_depth}, but this backbone's towers have {text_blocks} text "
+                f"prompt_depth is {shown(prompt_depth)}, but this backbone's towers have {text_blocks} text "
                 f"and {vision_blocks} vision blocks: set prompt_depth (--prompt-depth) between 1 and {blocks}."
             )
-        self.n_ctx = int(n_ctx)
-        self.ctx_init = " ".join(ctx_init.split()) if ctx_init else None
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
         self.prompt_depth = int(prompt_depth)
         self.fixed_words = fixed_words(self.ctx_init, self.n_ctx) if self.ctx_init else ""
         self.prompt_learner = MultiModalPromptLearner(
@@ -82,6 +90,14 @@ class MaPLe(CLIPClassifier):
         if self.ctx_init:
             self.prompt_learner.set_context(word_embeddings(clip, self.ctx_init)[: self.n_ctx])
         self.set_classnames(classnames)
+
+    @classmethod
+    def check_prompt_config(cls, config, shapes):
+        ctx, n_ctx = shapes.get("prompt_learner/ctx"), config.get("n_ctx")
+        if ctx is not None and (len(ctx) != 2 or type(n_ctx) is not int or ctx[0] != n_ctx):
+            raise ValueError(
+                f"its config says n_ctx={shown(n_ctx)} but its context prompt_learner/ctx has shape {ctx}."
+            )
 
     # --- classes ---------------------------------------------------------------
 
