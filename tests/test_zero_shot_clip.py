@@ -196,3 +196,18 @@ def test_no_images_give_no_rows(clip):
         clip.vision_encoder, clip.vision_pooler, clip.vision_projection, mode="reference"
     )
     assert np.asarray(reference(none)).shape == (0, 32)
+
+
+def test_non_finite_features_are_refused(clip, images):
+    model = cocoop_tf.ZeroShotCLIP(clip, ["a", "b", "c"])
+    image_features, text_features = model.encode_images(images), model.text_features()
+    expected = model(images)
+    np.testing.assert_allclose(model.feature_logits(image_features, text_features), expected, rtol=1e-5, atol=1e-5)
+    bad = np.asarray(text_features).copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="The text_features hold NaN or infinite values; pass the outputs of class_features"):
+        model.feature_logits(image_features, bad)
+    bad = np.asarray(image_features).copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="The image_features hold NaN or infinite values; pass the outputs of encode_images"):
+        model.feature_logits(bad, text_features)

@@ -240,7 +240,20 @@ class CLIPClassifier(keras.Model):
         return self.image_encoder(images)
 
     def feature_logits(self, image_features, text_features):
-        """`logit_scale * image_features @ text_features.T`, `[B, C]`, of normalised features."""
+        """`logit_scale * image_features @ text_features.T`, `[B, C]`, of normalised features.
+
+        Called eagerly (e.g. on cached `class_features`), features that hold
+        NaN or infinite values are refused, as the export's
+        `classify_features` refuses them: their logits would be NaN.
+        """
+        if tf.executing_eagerly() and not getattr(self, "_stepping", False):
+            for name, features in (("image_features", image_features), ("text_features", text_features)):
+                if not np.isfinite(ops.convert_to_numpy(features)).all():
+                    raise ValueError(
+                        f"The {name} hold NaN or infinite values; pass the outputs of "
+                        f"{'encode_images' if name == 'image_features' else 'class_features'} "
+                        "(finite for finite images and weights)."
+                    )
         text_features = ops.cast(text_features, image_features.dtype)
         logits = ops.matmul(image_features, ops.transpose(text_features))
         return self.logit_scale(logits.dtype) * logits
