@@ -9,6 +9,7 @@ can read an export.
 """
 
 import os
+import stat
 import tempfile
 
 # A staging file is `.<name>.<random>.partial` beside its destination: hidden, and named
@@ -94,6 +95,21 @@ def save_safetensors(path, tensors, metadata=None):
     from safetensors.numpy import save
 
     write_bytes(path, save(tensors, metadata=metadata))
+
+
+def file_kind(mode):
+    """What a `stat` mode that is not a regular file names, for messages ("a folder", ...).
+
+    Reading a named pipe blocks until a writer comes, reading a device such
+    as /dev/zero never ends: such files are refused by what they are, unopened.
+    """
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def make_public_folder(path):

@@ -115,7 +115,7 @@ def hostile_files(folder):
     return {
         bad: "cannot be decoded",
         bomb: "declares 9500 x 9500 pixels, more than the 89,478,485",
-        fifo: "not a regular file but a FIFO",
+        fifo: "not a regular file but a named pipe (FIFO)",
         loop: "symlink loop",
         zero: "not a regular file but a device",
     }
@@ -140,7 +140,7 @@ def test_image_check_names_each_hostile_file_without_reading_or_decoding_it(tmp_
     with memory_limit(), fifo_watchdog(tmp_path / "x" / "fifo.jpg", 30) as hung:
         found = dict(find_corrupt_images([str(p) for p in paths]))
         # What the `classify` command reads goes through the same gate.
-        with pytest.raises(ValueError, match="Cannot decode .*fifo.jpg.* as an image: not a regular file but a FIFO"):
+        with pytest.raises(ValueError, match=r"Cannot decode .*fifo.jpg.* as an image: not a regular file but a named pipe \(FIFO\)"):
             load_image(tmp_path / "x" / "fifo.jpg")
         with pytest.raises(ValueError, match="Cannot decode .*bomb.png.* as an image: declares 9500 x 9500 pixels"):
             load_image(tmp_path / "x" / "bomb.png")

@@ -212,6 +212,10 @@ def test_not_a_regular_file_is_refused_unopened(prompts, capsys, tmp_path):
     folder = tmp_path / "folder.safetensors"
     folder.mkdir()
     _one_line(*_evaluate(capsys, prompts, folder), "is a folder, not a regular file")
+    # What `export --model` takes is refused the same way, not reported as missing.
+    _one_line(*_export(capsys, loop), f"{loop}' is a symlink loop")
+    _one_line(*_export(capsys, zero), "is a device, not a regular file")
+    _one_line(*_export(capsys, folder), "is a folder, not a regular file")
     link = tmp_path / "link.safetensors"
     link.symlink_to(prompts / "cocoop.safetensors")  # a link to a prompt file is that file
     assert read_prompt(link)[1]["method"] == "CoCoOp"

@@ -12,6 +12,8 @@ import os
 import stat
 import struct
 
+from cocoop_tf.files import file_kind
+
 # An uncompressed BMP at the pixel bound below is ~256 MiB; no photo is larger.
 MAX_IMAGE_BYTES = 1 << 29
 # PIL's decompression-bomb bound: 256 MiB of 24-bit pixels (~9459 x 9459).
@@ -40,16 +42,6 @@ class ImageFileError(ValueError):
         self.reason = reason
 
 
-def _file_kind(mode):
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO, whose reading may never end"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, whose reading may never end"
-    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
-
-
 def _os_reason(path, error):
     if error.errno == errno.ELOOP:
         return "symlink loop: a link that leads back to itself"
@@ -60,7 +52,7 @@ def _os_reason(path, error):
 
 def _check_regular(path, info, max_bytes):
     if not stat.S_ISREG(info.st_mode):
-        raise ImageFileError(path, f"not a regular file but {_file_kind(info.st_mode)}")
+        raise ImageFileError(path, f"not a regular file but {file_kind(info.st_mode)}")
     if info.st_size > max_bytes:
         raise ImageFileError(
             path, f"{info.st_size:,} bytes, more than the {max_bytes:,} an image file may have"

@@ -1,10 +1,13 @@
 """Loading the model to export from what training leaves behind."""
 
+import errno
 import os
+import stat
 
 import keras
 
 from cocoop_tf.clip.loader import load_clip
+from cocoop_tf.files import file_kind
 from cocoop_tf.models import get_method
 from cocoop_tf.models import method_names
 from cocoop_tf.models import model_from_prompt
@@ -29,8 +32,17 @@ def load_model(path, backbone=None, method=None, force=False):
         The model, with the classes it was trained on.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model checkpoint not found: {path!r}.")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"Model checkpoint {path!r} is a symlink loop; give the file itself.") from None
+        raise FileNotFoundError(f"Model checkpoint not found: {path!r}.") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(
+            f"Model checkpoint {path!r} is {file_kind(mode)}, not a regular file; give the .keras "
+            "file that model.save wrote, or the .safetensors file that save_prompt wrote."
+        )
     if path.endswith(".keras"):
         if backbone is not None or method is not None:
             raise ValueError(

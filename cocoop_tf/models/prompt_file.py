@@ -31,6 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from cocoop_tf.clip.prompts import shown
+from cocoop_tf.files import file_kind
 from cocoop_tf.files import save_safetensors
 from cocoop_tf.models.registry import METHODS
 from cocoop_tf.models.registry import get_method
@@ -286,7 +287,7 @@ def _open(path):
         raise OSError(f"Cannot read the prompt checkpoint {path!r}: {error.strerror}.") from None
     if not stat.S_ISREG(mode):
         raise ValueError(
-            f"Prompt checkpoint {path!r} is {_kind(mode)}, not a regular file; give the "
+            f"Prompt checkpoint {path!r} is {file_kind(mode)}, not a regular file; give the "
             ".safetensors file that save_prompt (or train) wrote."
         )
     # Without blocking, in case it was swapped for a pipe since; checked again once open.
@@ -296,18 +297,6 @@ def _open(path):
         f.close()
         raise ValueError(f"Prompt checkpoint {path!r} is not a regular file.")
     return f
-
-
-def _kind(mode):
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
 
 
 def _read_header(path, f):
