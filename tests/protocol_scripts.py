@@ -16,6 +16,19 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
+def free_ports(count):
+    """`count` ports free on localhost now, for a loopback cluster's TF_CONFIG."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
 def train(data_root, output, resume=False, **settings):
     from cocoop_tf.protocols import RunConfig
     from cocoop_tf.protocols import run_protocol

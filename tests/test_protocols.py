@@ -23,6 +23,7 @@ from safetensors.numpy import load_file
 
 from conftest import assert_quiet
 from conftest import user_environment
+from protocol_scripts import free_ports
 
 from cocoop_tf.clip.backbone import build_backbone
 from cocoop_tf.clip.loader import RANDOM_CONFIGS
@@ -470,16 +471,6 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
                      f"{socket.gethostname()}, which is no longer running"]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root, tmp_path):
     """MirroredStrategy on two CPUs (three methods), then two worker processes (one killed, then resumed)."""
     result = _script("mirrored", data_root, tmp_path, "")  # CoCoOp, KgCoOp and MaPLe
@@ -507,7 +498,7 @@ def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root
         same_as_one_device(tmp_path / "two", method)
 
     # Two workers on loopback; worker 1 writes into a folder of its own, which must stay empty.
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
 
     def workers(option):
         chief = subprocess.Popen(

@@ -8,7 +8,6 @@ loopback TF_CONFIG); the one-device reference is the same command in this proces
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from protocol_scripts import DISTRIBUTED
+from protocol_scripts import free_ports
 from protocol_scripts import worker_arguments
 from real_layouts import write_real_layout
 
@@ -110,20 +110,10 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _workers(data_root, output, flags="", chief_env=None, other_env=None, other_output=None, timeout=300):
     """Worker 0 (the chief) and worker 1 on loopback, both given `output` (or worker 1
     `other_output`); their CompletedProcesses."""
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
     processes = [
         subprocess.Popen(
             [sys.executable, TESTS / "protocol_scripts.py", f"worker{index}", data_root, folder,
