@@ -225,17 +225,42 @@ def _add_training_options(parser):
     parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
     parser.add_argument(
         "--n-ctx", type=int,
-        help="context vectors (default: ctx-init's words, 4; 2 for maple, whose other words stay text)",
+        help="context vectors (default: ctx-init's words, 4; 2 for maple, whose other words stay text; "
+        "4 for ivlp and promptsrc)",
     )
     parser.add_argument(
         "--ctx-init", help='initial context words (default: "a photo of a"; "none": random)'
     )
     parser.add_argument("--reduction", type=int, help="CoCoOp Meta-Net reduction (default: 16)")
     parser.add_argument(
-        "--prompt-depth", type=int, help="MaPLe's J: blocks of each tower that take prompts (default: 9)"
+        "--prompt-depth", type=int,
+        help="MaPLe's J: blocks of each tower that take prompts; IVLP's and PromptSRC's text depth (default: 9)",
+    )
+    parser.add_argument(
+        "--n-ctx-vision", type=int, help="IVLP's and PromptSRC's vision prompt vectors (default: 4)"
+    )
+    parser.add_argument(
+        "--vision-prompt-depth", type=int,
+        help="IVLP's and PromptSRC's vision blocks that take prompts, 0 for none (default: --prompt-depth)",
     )
     parser.add_argument(
         "--kg-weight", type=float, help="KgCoOp's weight of the knowledge-guided term (default: 8.0)"
+    )
+    parser.add_argument(
+        "--text-loss-weight", type=float,
+        help="PromptSRC's weight of the L1 distance to frozen CLIP's text features (default: 25.0)",
+    )
+    parser.add_argument(
+        "--image-loss-weight", type=float,
+        help="PromptSRC's weight of the L1 distance to frozen CLIP's image features (default: 10.0)",
+    )
+    parser.add_argument(
+        "--gpa-mean", type=float,
+        help="PromptSRC's Gaussian prompt aggregation: mean epoch of the weights (default: 15.0)",
+    )
+    parser.add_argument(
+        "--gpa-std", type=float,
+        help="PromptSRC's Gaussian prompt aggregation: std in epochs, > 0 (default: 1.0)",
     )
     parser.add_argument(
         "--class-specific", action="store_true", default=None,

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 
 from cocoop_tf.data.transforms import check_crop_scale
@@ -26,33 +28,45 @@ class RunConfig:
         backbone: CLIP source for `load_clip` (preset, folder, file, or a
             built-in name such as "random_tiny").
         methods: registered method names (`cocoop_tf.models.method_names()`:
-            "zeroshot", "coop", "cocoop", "kgcoop", "maple"); default the
-            CoCoOp paper's three.
+            "zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp",
+            "promptsrc"); default the CoCoOp paper's three.
         seeds: few-shot sampling and training seeds; results are averaged.
         shots: training images per class.
         epochs: training epochs; the last epoch's model is evaluated. None:
             each method's paper setting (`paper_settings`; 10 for CoOp and
-            CoCoOp, as the CoCoOp paper, 100 for KgCoOp, 5 for MaPLe).
+            CoCoOp, as the CoCoOp paper, 100 for KgCoOp, 5 for MaPLe, 20 for
+            IVLP and PromptSRC).
         batch_size: global training batch size (split across replicas).
             None: each method's paper setting (1 for CoOp and CoCoOp, 128
-            for KgCoOp, 4 for MaPLe).
+            for KgCoOp, 4 for MaPLe, IVLP and PromptSRC).
         eval_batch_size: evaluation batch size on each replica.
         eval_shard_size: images per evaluation shard (rounded up to whole
             batches): the part of a test split each replica predicts at a
             time, and what a resumed evaluation does not predict again.
         lr: peak learning rate of SGD. None: each method's paper setting
-            (0.002; 0.0035 for MaPLe).
+            (0.002; 0.0035 for MaPLe; 0.0025 for IVLP and PromptSRC).
         momentum: SGD momentum.
         weight_decay: L2 coefficient (added to the gradient, as PyTorch).
         warmup_epochs: epochs at the constant warm-up learning rate.
         warmup_lr: warm-up learning rate.
         n_ctx: number of context vectors. None: ctx_init's word count (MaPLe:
-            2, the first two words; the others stay text). CoOp, CoCoOp and
-            KgCoOp need it to equal ctx_init's word count.
+            2, the first two words; the others stay text; IVLP and PromptSRC:
+            4). CoOp, CoCoOp and KgCoOp need it to equal ctx_init's word count.
         ctx_init: initial context words, or None for random N(0, 0.02).
-        prompt_depth: MaPLe's J, the blocks of each tower that take prompts.
+        prompt_depth: MaPLe's J, the blocks of each tower that take prompts;
+            IVLP's and PromptSRC's text depth J_t.
+        n_ctx_vision: IVLP's and PromptSRC's vision prompt vectors, M_v.
+        vision_prompt_depth: IVLP's and PromptSRC's vision depth J_v, the
+            vision blocks that take prompts (0: none). None: prompt_depth.
         reduction: CoCoOp's Meta-Net hidden width is projection_dim // reduction.
         kg_weight: KgCoOp's weight of the knowledge-guided term (lambda).
+        text_loss_weight: PromptSRC's weight of the L1 distance between the
+            prompted and the frozen CLIP's (template-averaged) text features.
+        image_loss_weight: PromptSRC's weight of the L1 distance between the
+            prompted and the frozen CLIP's image features.
+        gpa_mean: mean (in epochs, 1-based) of PromptSRC's Gaussian prompt
+            aggregation weights.
+        gpa_std: their standard deviation (> 0).
         class_specific: CoOp with one context per class (cannot move to new
             classes; base-to-new and transfer need it off).
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
@@ -90,8 +104,14 @@ class RunConfig:
     n_ctx: int = None
     ctx_init: str = "a photo of a"
     prompt_depth: int = 9
+    n_ctx_vision: int = 4
+    vision_prompt_depth: int = None
     reduction: int = 16
     kg_weight: float = 8.0
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    gpa_mean: float = 15.0
+    gpa_std: float = 1.0
     class_specific: bool = False
     precision: str = "float32"
     image_size: int = None
@@ -120,7 +140,7 @@ class RunConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"Give one or more distinct seeds, got {self.seeds}.")
         for name in ("shots", "epochs", "batch_size", "eval_batch_size", "eval_shard_size", "reduction",
-                     "prompt_depth"):
+                     "prompt_depth", "n_ctx_vision"):
             value = getattr(self, name)
             if value is None and name in METHOD_DEFAULTS:
                 continue
@@ -128,8 +148,17 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}.")
+        depth = self.vision_prompt_depth
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+            raise ValueError(
+                f"vision_prompt_depth (--vision-prompt-depth) must be an integer >= 0 (0: no vision "
+                f"prompts), got {depth!r}."
+            )
         if isinstance(self.kg_weight, bool) or not isinstance(self.kg_weight, (int, float)) or not self.kg_weight >= 0:
             raise ValueError(f"kg_weight must be a number >= 0, got {self.kg_weight!r}.")
+        for name, minimum in (("text_loss_weight", 0), ("image_loss_weight", 0), ("gpa_mean", None),
+                              ("gpa_std", None)):
+            _check_number(name, getattr(self, name), minimum, positive=name == "gpa_std")
         if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"{self.epochs} epoch(s) with {self.warmup_epochs} warm-up epoch(s) leave no epoch "
@@ -170,6 +199,17 @@ class RunConfig:
         """The settings, by name, whose values differ from `other` (a dict)."""
         mine = self.to_dict()
         return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+
+
+def _check_number(name, value, minimum=None, positive=False):
+    """Raises ValueError unless `value` is a finite number (>= minimum, or > 0 when positive)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} ({flag}) must be a finite number, got {value!r}.")
+    if positive and not value > 0:
+        raise ValueError(f"{name} ({flag}) must be a number > 0, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} ({flag}) must be a number >= {minimum}, got {value!r}.")
 
 
 def read_config_file(path):

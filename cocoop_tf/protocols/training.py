@@ -60,12 +60,25 @@ def progress_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
+# Names of a model's `resume_variables` in the optimizer file: a prefix no optimizer variable has.
+RESUME_PREFIX = "resume_variables/"
+
+
+def resume_variables(model):
+    """The model's variables, besides its weights and optimizer, that a resumed run needs
+    (`CLIPClassifier.resume_variables`: PromptSRC's prompt aggregation sums)."""
+    return list(getattr(model, "resume_variables", ()))
+
+
 class EpochCheckpoints:
     """One checkpoint per epoch: the prompt file and the optimizer's state.
 
     `epoch_003.safetensors` is a regular prompt checkpoint (`from_prompt`
     reads it); `epoch_003.optimizer.safetensors` holds the optimizer's
-    variables (momentum, step counter), so training can resume exactly.
+    variables (momentum, step counter), so training can resume exactly, and
+    the model's `resume_variables` (PromptSRC's running sums of its
+    prompt aggregation), named `resume_variables/<path>`. A model without
+    any writes the optimizer's variables alone.
 
     Args:
         folder: where the checkpoints go.
@@ -98,7 +111,7 @@ class EpochCheckpoints:
         the weights it had and trains from the start.
         """
         model.optimizer.build(model.trainable_variables)
-        variables = list(model.trainable_variables) + list(model.optimizer.variables)
+        variables = list(model.trainable_variables) + list(model.optimizer.variables) + resume_variables(model)
         initial = [np.array(v) for v in variables]  # a failed restore may have assigned some
         for epoch in self.epochs():
             path = self.path(epoch)
@@ -118,17 +131,25 @@ class EpochCheckpoints:
 
     def save(self, epoch, model):
         path = self.path(epoch)
-        state = {v.path: np.asarray(v) for v in model.optimizer.variables}
+        state = {name: np.asarray(v) for name, v in self._state_variables(model).items()}
         # The prompt file last: `epochs` trusts an epoch only once both exist.
         save_safetensors(self._optimizer_path(path), state)
         model.save_prompt(path, training=self.training)
+
+    @staticmethod
+    def _state_variables(model):
+        """What the optimizer file holds, by name: the optimizer's variables and the model's
+        `resume_variables`."""
+        model.optimizer.build(model.trainable_variables)
+        variables = {v.path: v for v in model.optimizer.variables}
+        variables.update({RESUME_PREFIX + v.path: v for v in resume_variables(model)})
+        return variables
 
     def restore(self, epoch, model):
         """Loads one epoch's prompt and optimizer state into `model` (ValueError if they do not fit)."""
         path = self.path(epoch)
         model.load_prompt(path)
-        model.optimizer.build(model.trainable_variables)
-        variables = {v.path: v for v in model.optimizer.variables}
+        variables = self._state_variables(model)
         optimizer_path = self._optimizer_path(path)
         try:
             with safe_open(optimizer_path, framework="numpy") as f:
@@ -138,9 +159,10 @@ class EpochCheckpoints:
                 wanted = {name: (_SAFETENSORS_DTYPES.get(str(v.dtype)), tuple(v.shape))
                           for name, v in variables.items()}
                 if shapes != wanted:
+                    mine = " and the model's resume variables are" if resume_variables(model) else " has"
                     raise ValueError(
                         f"Checkpoint {optimizer_path!r} does not match this optimizer (it holds "
-                        f"{sorted(shapes)}, the optimizer has {sorted(wanted)}, or other types or shapes); "
+                        f"{sorted(shapes)}, the optimizer{mine} {sorted(wanted)}, or other types or shapes); "
                         "it was written by a run with other settings."
                     )
                 state = {name: f.get_tensor(name) for name in shapes}
@@ -218,9 +240,10 @@ def train_prompt_model(
     start = checkpoints.resume(model, log) if resume and write_files else 0
     strategy = model.distribute_strategy
     if spans_workers(strategy):
-        # Every worker starts from the chief's epoch and weights, or they would part ways.
+        # Every worker starts from the chief's epoch, weights, optimizer and resume variables
+        # (PromptSRC's aggregation sums), or they would part ways.
         model.optimizer.build(model.trainable_variables)
-        variables = list(model.trainable_variables) + list(model.optimizer.variables)
+        variables = list(model.trainable_variables) + list(model.optimizer.variables) + resume_variables(model)
         start, *values = from_chief(strategy, [np.int64(start), *variables])
         start = int(start)
         for variable, value in zip(variables, values):
