@@ -6,9 +6,14 @@ base-to-new from Table 1, cross-dataset transfer from Table 2, domain
 generalisation from Table 3. KgCoOp from its paper's base-to-new table (Yao et
 al., CVPR 2023); its transfer numbers are not included. MaPLe from its paper's
 base-to-novel, cross-dataset and domain generalisation tables (Khattak et al.,
-CVPR 2023). Each method's eleven base-to-new rows average to the 11-dataset
-figures in `BASE_TO_NEW_AVERAGE` (checked by the tests). Keys are
-`load_dataset` names.
+CVPR 2023). Each of these methods' eleven base-to-new rows average to the
+11-dataset figures in `BASE_TO_NEW_AVERAGE` (checked by the tests).
+
+IVLP and PromptSRC (Khattak et al., "Self-regulating Prompts: Foundational
+Model Adaptation without Forgetting", ICCV 2023) have only their 11-dataset
+base-to-novel averages here, as the PromptSRC repository's README and project
+page give them; their per-dataset and transfer numbers are not included, so
+results.md has no (paper) rows for them. Keys are `load_dataset` names.
 """
 
 # Where each method's numbers come from, as results.md names it.
@@ -18,6 +23,8 @@ SOURCES = {
     "cocoop": "the CoCoOp paper",
     "kgcoop": "the KgCoOp paper (Yao et al., CVPR 2023)",
     "maple": "the MaPLe paper (Khattak et al., CVPR 2023)",
+    "ivlp": "the PromptSRC paper (Khattak et al., ICCV 2023)",
+    "promptsrc": "the PromptSRC paper (Khattak et al., ICCV 2023)",
 }
 
 # (base, new, H) per method.
@@ -70,6 +77,8 @@ BASE_TO_NEW = {
 BASE_TO_NEW_AVERAGE = {
     "zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83),
     "kgcoop": (80.73, 73.60, 77.00), "maple": (82.28, 75.14, 78.55),
+    # Average only (no rows in BASE_TO_NEW): the PromptSRC README's and project page's tables.
+    "ivlp": (84.21, 71.79, 77.51), "promptsrc": (84.26, 76.10, 79.97),
 }
 
 # Accuracy per evaluated dataset of the ImageNet-trained models (16 shots).
