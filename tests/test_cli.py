@@ -152,3 +152,44 @@ def test_xla_flags_and_config_file_reach_the_run_config(tmp_path):
                 ("--config", str(settings)): False, ("--config", str(settings), "--jit-compile"): True}
     for flags, value in expected.items():
         assert repr(_config(build_parser().parse_args([*command, *flags]))[0].jit_compile) == repr(value)
+
+
+def test_ivlp_and_promptsrc_flags_reach_the_run_config_and_bad_values_name_the_flag(capsys):
+    import pytest
+
+    from cocoop_tf.cli import _config
+    from cocoop_tf.cli import build_parser
+    from cocoop_tf.cli import main
+
+    command = ["base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--output", "out"]
+    defaults = _config(build_parser().parse_args(command))[0]
+    assert (defaults.n_ctx_vision, defaults.vision_prompt_depth, defaults.text_loss_weight,
+            defaults.image_loss_weight, defaults.gpa_mean, defaults.gpa_std) == (4, None, 25.0, 10.0, 15.0, 1.0)
+    given = _config(build_parser().parse_args([
+        *command, "--n-ctx-vision", "2", "--vision-prompt-depth", "0", "--text-loss-weight", "5",
+        "--image-loss-weight", "0", "--gpa-mean", "3.5", "--gpa-std", "0.5",
+    ]))[0]
+    assert (given.n_ctx_vision, given.vision_prompt_depth, given.text_loss_weight, given.image_loss_weight,
+            given.gpa_mean, given.gpa_std) == (2, 0, 5.0, 0.0, 3.5, 0.5)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag, words in {
+        "--n-ctx-vision": "IVLP's and PromptSRC's vision prompt vectors (default: 4)",
+        "--vision-prompt-depth": "0 for none (default: --prompt-depth)",
+        "--text-loss-weight": "PromptSRC's weight of the L1 distance to frozen CLIP's text features (default: 25.0)",
+        "--image-loss-weight": "(default: 10.0)",
+        "--gpa-mean": "PromptSRC's Gaussian prompt aggregation: mean epoch of the weights (default: 15.0)",
+        "--gpa-std": "std in epochs, > 0 (default: 1.0)",
+    }.items():
+        assert f"{flag} " in help_text and words in help_text, flag
+    for flags, message in {
+        ("--gpa-std", "0"): "gpa_std (--gpa-std) must be a number > 0, got 0.0",
+        ("--text-loss-weight", "-1"): "text_loss_weight (--text-loss-weight) must be a number >= 0",
+        ("--image-loss-weight", "nan"): "image_loss_weight (--image-loss-weight) must be a finite number",
+        ("--gpa-mean", "inf"): "gpa_mean (--gpa-mean) must be a finite number",
+        ("--vision-prompt-depth", "-1"): "vision_prompt_depth (--vision-prompt-depth) must be an integer >= 0",
+    }.items():
+        assert main([*command, *flags]) == 2, flags
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error, error

@@ -213,6 +213,11 @@ def test_an_unfitting_checkpoint_falls_back_to_the_epoch_before(finished, tmp_pa
         return model
 
     model = fresh_model()
+    # A model without resume_variables: the optimizer file holds the optimizer's variables alone.
+    model.optimizer.build(model.trainable_variables)
+    assert sorted(load_file(folder / "epoch_001.optimizer.safetensors")) == sorted(
+        v.path for v in model.optimizer.variables
+    )
     lines = []
     checkpoints = EpochCheckpoints(str(folder), training)
     assert checkpoints.resume(model, lines.append) == 1

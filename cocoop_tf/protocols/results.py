@@ -162,18 +162,44 @@ def markdown_table(results):
     return "\n".join(lines) + "\n"
 
 
-def _training_line(config):
+def _training_line(config, method=None):
+    """How a method was trained, in words: the run's settings that decide its numbers."""
     ctx_init, n_ctx = config["ctx_init"], config["n_ctx"]
     if not ctx_init:
         context = f"{n_ctx} random vectors"
     elif n_ctx in (None, len(ctx_init.split())):
         context = repr(ctx_init)
-    else:  # MaPLe: the first n_ctx words learned, the others text
+    else:  # MaPLe, IVLP, PromptSRC: the first n_ctx words learned, the others text
         context = f"{ctx_init!r} ({n_ctx} vectors)"
-    return (
+    try:
+        takes = set(get_method(method).run_settings) if method else set()
+    except ValueError:  # a method no longer registered
+        takes = set()
+    depth = config.get("prompt_depth")
+    if "n_ctx_vision" in takes:  # IVLP, PromptSRC: prompts of their own in each tower
+        vision_depth = depth if config.get("vision_prompt_depth") is None else config["vision_prompt_depth"]
+        if vision_depth == 0:
+            context += f" at depth {depth}, no vision prompts"
+        elif vision_depth == depth:
+            context += f", {config.get('n_ctx_vision')} vision vectors, depth {depth} in both towers"
+        else:
+            context += f" at depth {depth}, {config.get('n_ctx_vision')} vision vectors at depth {vision_depth}"
+    elif "prompt_depth" in takes:  # MaPLe
+        context += f", depth {depth}"
+    line = (
         f"{config['shots']} shots, {config['epochs']} epochs, batch size {config['batch_size']}, "
         f"lr {config['lr']:g}, context {context}"
     )
+    if "text_loss_weight" in takes:  # PromptSRC
+        text, image, mean, std = (_number(config.get(k)) for k in
+                                  ("text_loss_weight", "image_loss_weight", "gpa_mean", "gpa_std"))
+        line += f", L1 weights {text} (text) and {image} (image), GPA mean {mean} std {std}"
+    return line
+
+
+def _number(value):
+    """25.0 as 25, 0.5 as 0.5; what is not a number (a record of an older version) as it is."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def _settings_lines(results):
@@ -186,7 +212,7 @@ def _settings_lines(results):
     if results["protocol"] != "evaluate":
         seeds = ", ".join(map(str, config["seeds"]))
         lines = {
-            display_name(m): _training_line(method_settings(config, m))
+            display_name(m): _training_line(method_settings(config, m), m)
             for m in config["methods"] if get_method(m).learns
         }
         if len(set(lines.values())) > 1:  # methods trained with their own papers' settings
@@ -204,7 +230,7 @@ def _settings_lines(results):
         lines.append(
             f"- {display_name(run['method'])} prompt `{run['prompt']}`: trained on "
             f"{record['dataset']} ({record['subset']} classes), seed {record['seed']}, "
-            f"{_training_line(record)}, backbone `{record['backbone']}`."
+            f"{_training_line(record, run['method'])}, backbone `{record['backbone']}`."
         )
     return lines
 
