@@ -1,4 +1,4 @@
-"""cocoop-tf: conditional prompt learning (CoCoOp, CoOp, KgCoOp) for CLIP in Keras 3.
+"""cocoop-tf: prompt learning for CLIP in Keras 3 (CoCoOp, CoOp, KgCoOp, MaPLe, IVLP, PromptSRC).
 
 All models take RGB images as pixel values 0..255, shape
 `[batch, size, size, 3]` at the backbone's resolution, and normalise them
@@ -15,8 +15,10 @@ from cocoop_tf.clip import tokenize  # noqa: E402
 from cocoop_tf.clip import tokenize_classnames  # noqa: E402
 from cocoop_tf.models import CoCoOp  # noqa: E402
 from cocoop_tf.models import CoOp  # noqa: E402
+from cocoop_tf.models import IVLP  # noqa: E402
 from cocoop_tf.models import KgCoOp  # noqa: E402
 from cocoop_tf.models import MaPLe  # noqa: E402
+from cocoop_tf.models import PromptSRC  # noqa: E402
 from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
 from cocoop_tf.training import paper_optimizer  # noqa: E402
 

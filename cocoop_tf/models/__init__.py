@@ -1,4 +1,4 @@
-"""Keras models: zero-shot CLIP, CoOp, CoCoOp, KgCoOp and MaPLe, and the registry of methods.
+"""Keras models: zero-shot CLIP, CoOp, CoCoOp, KgCoOp, MaPLe, IVLP and PromptSRC, and the registry of methods.
 
 Each method is one file that registers its model with `register_method`;
 the order of registration is the order of tables and default method lists.
@@ -14,6 +14,8 @@ from cocoop_tf.models.coop import CoOp
 from cocoop_tf.models.cocoop import CoCoOp
 from cocoop_tf.models.kgcoop import KgCoOp
 from cocoop_tf.models.maple import MaPLe
+from cocoop_tf.models.ivlp import IVLP
+from cocoop_tf.models.promptsrc import PromptSRC
 from cocoop_tf.models.prompt_file import model_from_prompt
 from cocoop_tf.models.prompt_file import read_prompt
 

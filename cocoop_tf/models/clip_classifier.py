@@ -47,6 +47,12 @@ class CLIPClassifier(keras.Model):
     Registered with `cocoop_tf.models.register_method`, it is a method of
     every command (`--methods`), of prompt files and of export.
 
+    A method whose training keeps state beyond its trainable weights and the
+    optimizer's (PromptSRC's running sums of the prompts over epochs) lists
+    those variables in `resume_variables`: a resumable checkpoint saves and
+    restores them, and multi-worker training copies them from the chief.
+    They are not part of prompt files, which hold the trainable weights.
+
     `compile()` defaults to the paper's loss (cross-entropy on the logits)
     and an accuracy metric; a compiled model saved to a `.keras` file loads
     back compiled. The model and its layers compute in the backbone's dtype
@@ -122,6 +128,15 @@ class CLIPClassifier(keras.Model):
                 `template` set to the templates of the run's dataset).
         """
         return cls(clip, classnames, **{name: settings[name] for name in cls.run_settings})
+
+    @property
+    def resume_variables(self):
+        """Variables besides the trainable weights that resuming training needs (default none).
+
+        See the class docstring: checkpoints save and restore them, and
+        multi-worker training broadcasts them from the chief.
+        """
+        return []
 
     # --- the class set -------------------------------------------------------------
 

@@ -66,30 +66,36 @@ class MaPLe(CLIPClassifier):
     def __init__(self, clip, classnames, n_ctx=2, ctx_init="a photo of a", prompt_depth=9, **kwargs):
         super().__init__(clip, **kwargs)
         context_length = clip.text_encoder.max_sequence_length
-        n_ctx, ctx_init = check_n_ctx(n_ctx, context_length), check_ctx_init(ctx_init, context_length)
-        text_blocks, vision_blocks = len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers)
+        self.n_ctx = check_n_ctx(n_ctx, context_length)
+        self.ctx_init = check_ctx_init(ctx_init, context_length)
+        self.prompt_depth = self._checked_depths(prompt_depth)
+        self.fixed_words = fixed_words(self.ctx_init, self.n_ctx) if self.ctx_init else ""
+        self.prompt_learner = self._make_prompt_learner()
+        if self.ctx_init:
+            self.prompt_learner.set_context(word_embeddings(clip, self.ctx_init)[: self.n_ctx])
+        self.set_classnames(classnames)
+
+    def _checked_depths(self, prompt_depth):
+        """`prompt_depth` as an int, if both towers have that many blocks (a subclass checks its own)."""
+        text_blocks, vision_blocks = tower_blocks(self.clip)
         blocks = min(text_blocks, vision_blocks)
-        whole = isinstance(prompt_depth, numbers.Integral) and not isinstance(prompt_depth, bool)
-        if not whole or not 1 <= prompt_depth <= blocks:
+        if not is_whole(prompt_depth) or not 1 <= prompt_depth <= blocks:
             raise ValueError(
                 f"prompt_depth is {shown(prompt_depth)}, but this backbone's towers have {text_blocks} text "
                 f"and {vision_blocks} vision blocks: set prompt_depth (--prompt-depth) between 1 and {blocks}."
             )
-        self.n_ctx = n_ctx
-        self.ctx_init = ctx_init
-        self.prompt_depth = int(prompt_depth)
-        self.fixed_words = fixed_words(self.ctx_init, self.n_ctx) if self.ctx_init else ""
-        self.prompt_learner = MultiModalPromptLearner(
+        return int(prompt_depth)
+
+    def _make_prompt_learner(self):
+        """The layer that holds the prompts (a subclass makes its own); called once the settings are checked."""
+        return MultiModalPromptLearner(
             self.n_ctx,
-            clip.text_encoder.embedding_dim,
-            clip.vision_encoder.hidden_dim,
+            self.clip.text_encoder.embedding_dim,
+            self.clip.vision_encoder.hidden_dim,
             depth=self.prompt_depth,
-            dtype=clip.dtype_policy,
+            dtype=self.clip.dtype_policy,
             name="prompt_learner",
         )
-        if self.ctx_init:
-            self.prompt_learner.set_context(word_embeddings(clip, self.ctx_init)[: self.n_ctx])
-        self.set_classnames(classnames)
 
     @classmethod
     def check_prompt_config(cls, config, shapes):
@@ -128,6 +134,16 @@ class MaPLe(CLIPClassifier):
         config = super().get_config()
         config.update({"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, "prompt_depth": self.prompt_depth})
         return config
+
+
+def tower_blocks(clip):
+    """The numbers of blocks of the backbone's text and vision towers."""
+    return len(clip.text_encoder.encoder_layers), len(clip.vision_encoder.encoder_layers)
+
+
+def is_whole(value):
+    """True for an integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def fixed_words(ctx_init, n_ctx):
