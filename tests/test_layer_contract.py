@@ -20,6 +20,7 @@ from layer_harness import save_model
 import cocoop_tf
 from cocoop_tf.layers import CLIPImageEncoder
 from cocoop_tf.layers import CLIPImageNormalization
+from cocoop_tf.layers import IndependentPromptLearner
 from cocoop_tf.layers import MetaNet
 from cocoop_tf.layers import MultiModalPromptLearner
 from cocoop_tf.layers import PromptLearner
@@ -83,6 +84,14 @@ CASES = [
     ),
     LayerCase("multimodal_prompt_learner", lambda dtype: MultiModalPromptLearner(2, 64, 48, depth=3, dtype=dtype)),
     LayerCase("multimodal_prompt_learner_shallow", lambda dtype: MultiModalPromptLearner(3, 64, 48, depth=1, dtype=dtype)),
+    LayerCase(
+        "independent_prompt_learner",
+        lambda dtype: IndependentPromptLearner(2, 64, 48, depth=3, n_ctx_vision=3, vision_depth=2, dtype=dtype),
+    ),
+    LayerCase(
+        "independent_prompt_learner_text_only",
+        lambda dtype: IndependentPromptLearner(3, 64, 48, depth=1, vision_depth=0, dtype=dtype),
+    ),
     LayerCase(
         "prompt_text_encoder_deep_prompts",
         text_encoder,
@@ -192,7 +201,11 @@ def test_text_tower_shared_by_two_encoders_is_saved_and_loaded_once(saved_and_lo
 
 
 @pytest.mark.parametrize(
-    "layer", [*LAYERS, cocoop_tf.ZeroShotCLIP, cocoop_tf.CoOp, cocoop_tf.CoCoOp, cocoop_tf.KgCoOp, cocoop_tf.MaPLe],
+    "layer",
+    [
+        *LAYERS, cocoop_tf.ZeroShotCLIP, cocoop_tf.CoOp, cocoop_tf.CoCoOp, cocoop_tf.KgCoOp, cocoop_tf.MaPLe,
+        cocoop_tf.IVLP, cocoop_tf.PromptSRC, cocoop_tf.training.GaussianPromptAggregation,
+    ],
     ids=lambda layer: layer.__name__,
 )
 def test_docstring_example_runs(layer):

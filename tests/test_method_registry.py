@@ -63,12 +63,16 @@ def registered():
 
 
 def test_registry_lists_the_methods_in_order():
-    assert method_names() == ["zeroshot", "coop", "cocoop", "kgcoop", "maple"]
-    assert method_names(learns=True) == ["coop", "cocoop", "kgcoop", "maple"]
+    assert method_names() == ["zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc"]
+    assert method_names(learns=True) == ["coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc"]
     # Run when none are named: the CoCoOp paper's methods.
     assert method_names(by_default=True) == ["zeroshot", "coop", "cocoop"] == RunConfig(backbone="x").methods
     assert get_method("CoCoOp") is get_method("cocoop") is cocoop_tf.CoCoOp
-    with pytest.raises(ValueError, match="Unknown method 'kgcop'; the methods are zeroshot, coop, cocoop, kgcoop, maple"):
+    assert get_method("ivlp") is cocoop_tf.IVLP and get_method("PromptSRC") is cocoop_tf.PromptSRC
+    assert cocoop_tf.IVLP.display_name == "IVLP" and cocoop_tf.PromptSRC.display_name == "PromptSRC"
+    with pytest.raises(
+        ValueError, match="Unknown method 'kgcop'; the methods are zeroshot, coop, cocoop, kgcoop, maple, ivlp, promptsrc"
+    ):
         get_method("kgcop")
     with pytest.raises(ValueError, match="taken by CoOp"):
         register_method(type("CoOp2", (cocoop_tf.CoOp,), {"method": "coop"}))
