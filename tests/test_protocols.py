@@ -222,8 +222,8 @@ def test_base2new_on_every_dataset_in_its_real_layout(data_root, tmp_path, name)
     assert "| CoCoOp (paper) | " + " | ".join(f"{paper[k]:.2f}" for k in ("base", "new", "h")) in check_reports(tmp_path, results)
 
 
-def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_root, tmp_path):
-    methods = ["zeroshot", "coop", "cocoop", "kgcoop", "maple"]
+def test_all_seven_methods_base2new_kgcoop_guided_by_the_dataset_template(data_root, tmp_path):
+    methods = ["zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc"]
     config = RunConfig(**TINY, methods=methods, prompt_depth=2, data_root=data_root)
     results = run_protocol(
         "base2new", config, tmp_path, source="oxford_pets", subset="base",
@@ -232,15 +232,21 @@ def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_ro
     assert [r["method"] for r in results["runs"]] == methods
     recount(tmp_path, results)
     report = check_reports(tmp_path, results)
-    assert "| KgCoOp |" in report and "| MaPLe |" in report
-    # Each method's published row, and where it comes from.
+    for name in ("KgCoOp", "MaPLe", "IVLP", "PromptSRC"):
+        assert f"| {name} |" in report, name
+    # Each method's published row, and where it comes from (IVLP's paper gives its average alone).
     assert "| KgCoOp (paper) | 94.65 | 97.76 | 96.18 |" in report
     assert "| MaPLe (paper) | 95.43 | 97.76 | 96.58 |" in report
+    assert "| PromptSRC (paper) | 95.33 | 97.30 | 96.30 |" in report
+    assert "| IVLP (paper) |" not in report
     assert (
         "mean of 3 seeds: CLIP, CoOp and CoCoOp from the CoCoOp paper; KgCoOp from the KgCoOp paper "
-        "(Yao et al., CVPR 2023); MaPLe from the MaPLe paper (Khattak et al., CVPR 2023)."
+        "(Yao et al., CVPR 2023); MaPLe from the MaPLe paper (Khattak et al., CVPR 2023); PromptSRC from "
+        "the PromptSRC paper (Khattak et al., ICCV 2023)."
     ) in report
-    assert "MaPLe: 1 shots, 2 epochs, batch size 2, lr 0.0035, context 'a photo of a' (2 vectors)" in report
+    assert "MaPLe: 1 shots, 2 epochs, batch size 2, lr 0.0035, context 'a photo of a' (2 vectors), depth 2;" in report
+    ivlp_line = "1 shots, 2 epochs, batch size 2, lr 0.0025, context 'a photo of a', 4 vision vectors, depth 2 in both towers"
+    assert f"IVLP: {ivlp_line}; PromptSRC: {ivlp_line}, L1 weights 25 (text) and 10 (image), GPA mean 15 std 1;" in report
     _, metadata = read_prompt(tmp_path / "runs" / "maple_seed1" / "prompt.safetensors")
     assert (metadata["config"]["n_ctx"], metadata["config"]["prompt_depth"]) == (2, 2)
     prompt = tmp_path / "runs" / "kgcoop_seed1" / "prompt.safetensors"
@@ -251,6 +257,20 @@ def test_all_five_methods_base2new_kgcoop_guided_by_the_dataset_template(data_ro
     clip = load_clip("random_tiny")
     start = cocoop_tf.KgCoOp(clip, ["x"]).prompt_learner.ctx
     assert not np.allclose(load_file(prompt)["prompt_learner/ctx"], start, atol=1e-6)
+    # IVLP and PromptSRC: prompts of their own in both towers, all of which learned.
+    for method, extra in (("ivlp", {}), ("promptsrc", {"text_loss_weight": 25.0, "image_loss_weight": 10.0,
+                                                       "gpa_mean": 15.0, "gpa_std": 1.0})):
+        prompt = tmp_path / "runs" / f"{method}_seed1" / "prompt.safetensors"
+        _, metadata = read_prompt(prompt)
+        recorded = {k: metadata["config"][k] for k in ("n_ctx", "prompt_depth", "n_ctx_vision", "vision_prompt_depth", *extra)}
+        assert recorded == {"n_ctx": 4, "prompt_depth": 2, "n_ctx_vision": 4, "vision_prompt_depth": 2, **extra}
+        learned = load_file(prompt)
+        first = load_file(prompt.parent / "checkpoints" / "epoch_001.safetensors")  # after the warm-up epoch
+        assert sorted(learned) == sorted(first) == [
+            "prompt_learner/ctx", "prompt_learner/deep_ctx", "prompt_learner/deep_vision_ctx", "prompt_learner/vision_ctx"
+        ]
+        for name in learned:
+            assert not np.allclose(learned[name], first[name], atol=1e-6), (method, name)
 
 
 def test_cross_dataset_from_imagenet_to_the_ten_others(data_root, tmp_path):
