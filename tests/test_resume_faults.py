@@ -238,6 +238,61 @@ def test_an_unfitting_checkpoint_falls_back_to_the_epoch_before(finished, tmp_pa
     assert int(model.optimizer.iterations) == 0
 
 
+def test_promptsrc_interrupted_after_epoch_2_resumes_to_the_uninterrupted_aggregated_prompt(
+    finished, tmp_path, capsys, monkeypatch
+):
+    """PromptSRC ends training with the Gaussian-weighted sum of its epochs' prompts (GPA), whose
+    running sums the model holds (`resume_variables`). Stopped by Ctrl-C after epoch 2's
+    checkpoint, the run resumes in a model built anew: only the checkpoint files carry the sums.
+    GPA mean 2 over 3 epochs weights every epoch (0.27, 0.45, 0.27)."""
+    import keras
+
+    from cocoop_tf.training import gpa_weights
+
+    args = [
+        "train", "--dataset", "oxford_pets", "--data-root", finished[0], "--backbone", "random_tiny",
+        "--methods", "promptsrc", "--seeds", "1", "--shots", "1", "--epochs", "3", "--batch-size", "2",
+        "--prompt-depth", "2", "--gpa-mean", "2", "--lr", "0.05", "--eval-batch-size", "8", "--deterministic",
+    ]
+    code, out, err = cli(capsys, [*args, "--output", tmp_path / "whole"])
+    assert code == 0, err
+    run = tmp_path / "whole" / "runs" / "promptsrc_seed1"
+    final = load_file(run / "prompt.safetensors")
+    epochs = [load_file(run / "checkpoints" / f"epoch_{e:03d}.safetensors") for e in (1, 2, 3)]
+    sums = [load_file(run / "checkpoints" / f"epoch_{e:03d}.optimizer.safetensors") for e in (2, 3)]
+    weights = gpa_weights(3, 2.0, 1.0)
+    for name in final:
+        # The aggregation runs before the checkpoint of each epoch: epoch 2's holds the sum of
+        # epochs 1 and 2, and epoch 3's (the last) the aggregated prompt, also in its sums.
+        assert not np.allclose(epochs[1][name], epochs[0][name], atol=1e-4), name  # it trained
+        np.testing.assert_allclose(sums[0][f"resume_variables/{_sum_path(sums[0], name)}"],
+                                   weights[0] * epochs[0][name] + weights[1] * epochs[1][name], atol=1e-6)
+        np.testing.assert_array_equal(epochs[2][name], final[name], err_msg=name)
+        np.testing.assert_array_equal(sums[1][f"resume_variables/{_sum_path(sums[1], name)}"], final[name])
+
+    def interrupted(self, epoch, logs=None):
+        if epoch == 1:  # after epoch 2's checkpoint (this callback runs after it)
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks.TerminateOnNaN, "on_epoch_end", interrupted)
+        code, out, err = cli(capsys, [*args, "--output", tmp_path / "cut"])
+    assert code == 128 + signal.SIGINT and "--resume" in err, err
+    assert not (tmp_path / "cut" / "runs" / "promptsrc_seed1" / "checkpoints" / "epoch_003.safetensors").exists()
+    code, out, err = cli(capsys, [*args, "--output", tmp_path / "cut", "--resume"])
+    assert code == 0 and "resumed after epoch 2" in out, out
+    resumed = load_file(tmp_path / "cut" / "runs" / "promptsrc_seed1" / "prompt.safetensors")
+    assert resumed.keys() == final.keys()
+    for name in final:
+        np.testing.assert_allclose(resumed[name], final[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def _sum_path(state, name):
+    """The name of the GPA sum of the prompt weight `name` in an optimizer file: its path in the
+    model, without the model's name (which Keras numbers per process)."""
+    return f"gpa_sum_{name.rsplit('/', 1)[-1]}"
+
+
 def test_a_changed_backbone_is_refused_naming_this_commands_options(finished, copy, capsys, monkeypatch):
     """--backbone names the same folder, which now holds other weights (of the same widths)."""
     from cocoop_tf import load_clip

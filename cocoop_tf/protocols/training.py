@@ -77,7 +77,7 @@ class EpochCheckpoints:
     reads it); `epoch_003.optimizer.safetensors` holds the optimizer's
     variables (momentum, step counter), so training can resume exactly, and
     the model's `resume_variables` (PromptSRC's running sums of its
-    prompt aggregation), named `resume_variables/<path>`. A model without
+    prompt aggregation), named `resume_variables/<path in the model>`. A model without
     any writes the optimizer's variables alone.
 
     Args:
@@ -142,7 +142,7 @@ class EpochCheckpoints:
         `resume_variables`."""
         model.optimizer.build(model.trainable_variables)
         variables = {v.path: v for v in model.optimizer.variables}
-        variables.update({RESUME_PREFIX + v.path: v for v in resume_variables(model)})
+        variables.update({RESUME_PREFIX + _path_in(model, v): v for v in resume_variables(model)})
         return variables
 
     def restore(self, epoch, model):
@@ -172,6 +172,13 @@ class EpochCheckpoints:
             raise ValueError(f"{optimizer_path!r} is not a readable checkpoint: {error}") from None
         for name, value in state.items():
             variables[name].assign(value)
+
+
+def _path_in(model, variable):
+    """A variable's path without the model's own name, which Keras numbers by how many models of
+    its class the process made before ("prompt_src_3/..."): a resumed run's model has another."""
+    prefix = f"{model.name}/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
 
 _SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64",
