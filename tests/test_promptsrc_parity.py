@@ -274,6 +274,18 @@ def _aggregate(weights, recorded):
     return [sum(w * epoch[i] for w, epoch in zip(weights, recorded)) for i in range(len(recorded[0]))]
 
 
+def test_classes_whose_templates_are_too_long_are_refused_for_training_only(tiny_clip, rng):
+    long_name = " ".join(["x"] * 68)  # fits IVLP's 4 context vectors, not "a photo of the hard to see {}."
+    model = cocoop_tf.PromptSRC(tiny_clip, ["cat", long_name], prompt_depth=1)
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert model(images).shape == (2, 2)
+    model.compile(optimizer=cocoop_tf.paper_optimizer(1, epochs=1, warmup_epochs=0))
+    with pytest.raises(ValueError, match=r"60 ImageNet templates\. .*'a photo of the hard to see x x .* needs 78"):
+        model.fit(images, np.array([0, 1]), verbose=0)
+    model.set_classnames(["cat", "dog", "bird"])  # a new class set: its own frozen features
+    assert model.frozen_text_features().shape == (3, 32)
+
+
 def test_gpa_callback_aggregates_epochs_and_resumes(tiny_clip, rng, tmp_path):
     """Driven by hand: epoch prompts set, then the callback's epoch hooks, as fit calls them."""
     model = cocoop_tf.PromptSRC(tiny_clip, ["cat", "dog"], prompt_depth=2, gpa_mean=2.5, gpa_std=1.5)
