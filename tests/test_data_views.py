@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import random
+import warnings
 
 import pytest
 from test_data_helpers import write_image
@@ -49,16 +50,35 @@ def dassl_reference(train, val, shots, seed):
 @pytest.mark.filterwarnings("ignore:.*fewer than 4 val")
 def test_few_shot_counts_and_distinct_images(dtd):
     ds = load_dataset("dtd", data_root=dtd)
-    with pytest.warns(UserWarning, match=r"dtd: 1 classes have fewer than 4 train.*braided"):
-        shots = ds.few_shot(4, seed=1)
-    assert per_class(shots.train) == {0: 4, 1: 4, 2: 2, 3: 4, 4: 4}
+    shots = ds.few_shot(4, seed=1)
+    with pytest.warns(UserWarning, match=r"dtd: 1 of the 5 classes have fewer than 4 train.*: braided \(2\)\."):
+        assert per_class(shots.train) == {0: 4, 1: 4, 2: 2, 3: 4, 4: 4}
     assert per_class(shots.val) == {0: 4, 1: 4, 2: 1, 3: 4, 4: 4}
     assert shots.test == ds.test
     assert len({i.path for i in shots.train}) == len(shots.train)
     assert set(shots.train) <= set(ds.train) and set(shots.val) <= set(ds.val)
-    with pytest.warns(UserWarning):
-        two = ds.few_shot(2, seed=1)
-    assert per_class(two.val) == {0: 2, 1: 2, 2: 1, 3: 2, 4: 2}  # val: min(K, 4)
+    two = ds.few_shot(2, seed=1)
+    with pytest.warns(UserWarning, match="fewer than 2 val images"):
+        assert per_class(two.val) == {0: 2, 1: 2, 2: 1, 3: 2, 4: 2}  # val: min(K, 4)
+
+
+def test_shortfall_warning_names_the_classes_and_splits_in_use(dtd):
+    """Base-to-new trains the base classes on train images: only those are reported, once."""
+    ds = load_dataset("dtd", data_root=dtd)  # braided (label 2) is base, with 2 train and 1 val images
+    for view in (ds.few_shot(4, seed=1).subsample("base"), ds.subsample("base").few_shot(4, seed=1)):
+        with pytest.warns(UserWarning) as caught:
+            view.train, view.train, view.test, repr(view)
+        assert [str(w.message) for w in caught] == [
+            "dtd: 1 of the 3 base classes have fewer than 4 train images and use all they have "
+            "(4-shot view, seed 1): braided (2)."
+        ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new classes have all their images: nothing to say
+        new = ds.few_shot(4, seed=1).subsample("new")
+        new.train, new.val, new.test
+        ds.few_shot(8, seed=1).subsample("base").without([])  # nothing read, nothing said
+    with pytest.warns(UserWarning, match=r"1 of the 3 base classes have fewer than 4 val images .*braided \(1\)"):
+        ds.few_shot(4, seed=1).subsample("base").val
 
 
 @pytest.mark.filterwarnings("ignore:.*fewer than")
@@ -171,8 +191,7 @@ def test_view_errors(dtd):
         ds.subsample("novel")
     with pytest.raises(ValueError, match="already the 'base' view"):
         ds.subsample("base").subsample("new")
-    with pytest.warns(UserWarning):
-        shots = ds.few_shot(4, seed=1)
+    shots = ds.few_shot(4, seed=1)
     with pytest.raises(ValueError, match="already a 4-shot view"):
         shots.few_shot(2, seed=1)
     with pytest.raises(ValueError, match="Unknown split 'valid'"):
@@ -184,8 +203,8 @@ def test_few_shot_of_an_image_folder(tmp_path):
         for i in range(n):
             write_image(tmp_path / "pets" / name / f"{i}.png", seed=i)
     ds = load_dataset(tmp_path / "pets")
-    with pytest.warns(UserWarning, match="fewer than 4 val images"):
-        chosen = ds.few_shot(4, seed=1, cache_dir=tmp_path / "out")
+    chosen = ds.few_shot(4, seed=1, cache_dir=tmp_path / "out")
     assert per_class(chosen.train) == {0: 4, 1: 4}
-    assert per_class(chosen.val) == {0: 2, 1: 2}  # all the val images they have (20%)
+    with pytest.warns(UserWarning, match="2 of the 2 classes have fewer than 4 val images"):
+        assert per_class(chosen.val) == {0: 2, 1: 2}  # all the val images they have (20%)
     assert (tmp_path / "out" / "pets_shot_4-seed_1.json").exists()

@@ -32,6 +32,7 @@ def _ends_whole(kind, data):
         "png": b"IEND" in tail,
         "gif": tail.rstrip(b"\x00").endswith(b";"),
         "bmp": len(data) >= 6 and int.from_bytes(data[2:6], "little") <= len(data),
+        "webp": len(data) >= 8 and 8 + int.from_bytes(data[4:8], "little") <= len(data),
     }[kind]
 
 
@@ -50,7 +51,7 @@ def image_problem(path):
     except ImageFileError as error:
         return error.reason
     try:
-        decode_checked_image(tf.constant(data))
+        decode_checked_image(tf.constant(data), kind)
     except (tf.errors.OpError, ValueError) as error:
         if not _ends_whole(kind, data):
             return f"truncated {kind.upper()}"

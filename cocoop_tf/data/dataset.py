@@ -1,8 +1,10 @@
 """The dataset object: splits, few-shot and base/new views, tf.data pipelines."""
 
+import collections
 import hashlib
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -112,6 +114,7 @@ class ImageDataset:
         self.subset = subset
         self._chosen = dict(chosen or {})
         self._items = {}
+        self._reported = set()
 
     @property
     def name(self):
@@ -136,10 +139,23 @@ class ImageDataset:
     def items(self, split):
         """The items of a split ("train", "val" or "test") in this view.
 
+        In a few-shot view, the first call for "train" or "val" warns when
+        classes of this view have fewer images than the view draws (see
+        `few_shot`): the warning is about the images in use, so it names
+        only this view's classes (base ones in a base view), and only
+        splits that are read.
+
         Returns:
             A list of `Item(path, label)`, labels relabelled from 0 in a
             base/new view.
         """
+        items = self._view_items(split)
+        if split in self._chosen and split not in self._reported:
+            self._reported.add(split)
+            self._warn_shortfall(split, items)
+        return items
+
+    def _view_items(self, split):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
         if split not in self._items:
@@ -151,6 +167,27 @@ class ImageDataset:
                 if item.label in new_label
             ]
         return self._items[split]
+
+    def _few_shot_size(self, split):
+        """Images per class that a few-shot view draws: `shots` for train, `min(shots, 4)` for val."""
+        return self.shots if split == "train" else min(self.shots, 4)
+
+    def _warn_shortfall(self, split, items):
+        if not items:  # a test-only dataset: no such split to draw from
+            return
+        wanted = self._few_shot_size(split)
+        counts = collections.Counter(item.label for item in items)
+        short = [label for label in range(self.num_classes) if counts[label] < wanted]
+        if not short:
+            return
+        names = [f"{self.classnames[label]} ({counts[label]})" for label in short]
+        classes = f"{self.subset} classes" if self.subset != "all" else "classes"
+        warnings.warn(
+            f"{self.name}: {len(short)} of the {self.num_classes} {classes} have fewer than {wanted} "
+            f"{split} images and use all they have ({self.shots}-shot view, seed {self.seed}): "
+            f"{', '.join(names[:10])}{f', and {len(names) - 10} more' if len(names) > 10 else ''}.",
+            stacklevel=4,
+        )
 
     @property
     def train(self):
@@ -170,8 +207,12 @@ class ImageDataset:
         Train gets `shots` distinct images per class and val `min(shots, 4)`,
         drawn with one `random.Random(seed)` (train first, then val), class
         by class; see `sample_few_shot`. The same seed gives the same images
-        on any machine. A class with fewer images keeps all it has, with a
-        warning. The test split is unchanged.
+        on any machine. A class with fewer images keeps all it has; the view
+        warns when its train or val images are first read (`items`), naming
+        the classes of that view that are short, so that
+        `few_shot(16, 1).subsample("base")` names base classes only and a
+        protocol that reads no val images hears nothing about them. The
+        test split is unchanged.
 
         Args:
             shots: images per class, >= 1.
@@ -208,14 +249,7 @@ class ImageDataset:
             rng = random.Random(seed)
             chosen = {}
             for split, k in (("train", shots), ("val", min(shots, 4))):
-                chosen[split], short = sample_few_shot(self.source.split(split), k, rng)
-                if short:
-                    names = clean_classnames([self.source.classnames[label] for label in short])
-                    warnings.warn(
-                        f"{self.name}: {len(short)} classes have fewer than {k} {split} images "
-                        f"and use all they have: {names[:10]}{' ...' if len(names) > 10 else ''}.",
-                        stacklevel=2,
-                    )
+                chosen[split], _ = sample_few_shot(self.source.split(split), k, rng)
             if record is not None:
                 self._write_record(record, shots, seed, chosen)
         return ImageDataset(self.source, shots=shots, seed=seed, subset=self.subset, chosen=chosen)
@@ -292,7 +326,9 @@ class ImageDataset:
             split: "train", "val" or "test".
             batch_size: images per batch.
             training: augmented and shuffled (True) or evaluation (False).
-            image_size: output side length.
+            image_size: output side length: the backbone's resolution,
+                `clip.vision_encoder.image_shape[0]` (224 for ViT-B/16, 32
+                for the demo's `mini_clip` and for `random_tiny`).
             cache: keep the encoded images after the first epoch: True in
                 memory, or a directory for cache files (named by the split
                 and a digest of its items, so views never share one).
@@ -325,6 +361,12 @@ class ImageDataset:
             A `tf.data.Dataset`.
         """
         crop_scale = check_crop_scale(crop_scale)
+        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+            raise ValueError(
+                f"image_size must be the backbone's resolution, a positive integer "
+                f"(clip.vision_encoder.image_shape[0]: 224 for ViT-B/16), got {image_size!r}."
+            )
+        image_size = int(image_size)
         items = self.items(split) if items is None else list(items)
         if not items:
             raise ValueError(
@@ -358,7 +400,7 @@ class ImageDataset:
             view.append(f"{self.shots}-shot seed {self.seed}")
         if self.subset != "all":
             view.append(self.subset)
-        sizes = ", ".join(f"{split} {len(self.items(split))}" for split in SPLITS)
+        sizes = ", ".join(f"{split} {len(self._view_items(split))}" for split in SPLITS)
         return (
             f"<ImageDataset {self.name!r}{' (' + ', '.join(view) + ')' if view else ''}: "
             f"{self.num_classes} classes, {sizes}>"

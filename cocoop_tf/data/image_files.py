@@ -5,12 +5,18 @@ An image path may name a FIFO (a read that never ends), a device such as
 header declares more pixels than memory holds (a decompression bomb). Only
 regular files of bounded size are read, and the pixels a header declares are
 counted before anything is decoded.
+
+This module is also the one place that says which images are taken: the
+formats TensorFlow's decoder reads (`DECODED_FORMATS`), the file names taken
+for them (`IMAGE_EXTENSIONS`, any case) and how to convert the others.
 """
 
 import errno
 import os
 import stat
 import struct
+
+import tensorflow as tf
 
 from cocoop_tf.files import file_kind
 
@@ -19,6 +25,30 @@ MAX_IMAGE_BYTES = 1 << 29
 # PIL's decompression-bomb bound: 256 MiB of 24-bit pixels (~9459 x 9459).
 MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
+# Each format TensorFlow's decoder may read, and the file name extensions of its files.
+IMAGE_FORMATS = {
+    "jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "png": (".png",),
+    "gif": (".gif",),
+    "bmp": (".bmp",),
+    "webp": (".webp",),
+}
+FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
+# WebP where TensorFlow has tf.io.decode_webp (recent versions); an older one reads the other four.
+DECODED_FORMATS = tuple(kind for kind in IMAGE_FORMATS if kind != "webp" or hasattr(tf.io, "decode_webp"))
+# The file names a class folder's images are taken by, compared in lower case (.JPG, .Png).
+IMAGE_EXTENSIONS = tuple(extension for kind in DECODED_FORMATS for extension in IMAGE_FORMATS[kind])
+DECODED_NAMES = ", ".join(FORMAT_NAMES[kind] for kind in DECODED_FORMATS[:-1]) + (
+    f" or {FORMAT_NAMES[DECODED_FORMATS[-1]]}"
+)
+# What to do with images of another format (TIFF, HEIC, AVIF, ...), for messages: Pillow
+# comes with cocoop-tf (matplotlib needs it) and reads them.
+CONVERT_COMMAND = (
+    "`python -c \"import sys; from PIL import Image; [Image.open(f).convert('RGB').save(f.rsplit('.', 1)[0]"
+    " + '.png') for f in sys.argv[1:]]\" FILE ...`"
+)
+CONVERT_HINT = f"convert it to PNG, e.g. with Pillow: {CONVERT_COMMAND}"
+
 _SIGNATURES = {
     b"\xff\xd8": "jpeg",
     b"\x89PNG\r\n\x1a\n": "png",
@@ -26,6 +56,17 @@ _SIGNATURES = {
     b"GIF89a": "gif",
     b"BM": "bmp",
 }
+# Formats TensorFlow cannot decode, recognised to say what a refused file is.
+_FOREIGN_SIGNATURES = {
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL ": "JPEG XL",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"8BPS": "Photoshop (PSD)",
+    b"\x00\x00\x01\x00": "ICO",
+}
+_WEBP_ANIMATION_FLAG = 0x02
 
 
 class ImageFileError(ValueError):
@@ -98,9 +139,29 @@ def read_image_file(path, max_bytes=MAX_IMAGE_BYTES):
     return data
 
 
+def _is_webp(data):
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
 def image_format(data):
-    """"jpeg", "png", "gif" or "bmp" from a file's first bytes, or None."""
+    """The format of `DECODED_FORMATS` a file's first bytes show ("jpeg", "webp", ...), or None."""
+    if _is_webp(data):
+        return "webp" if "webp" in DECODED_FORMATS else None
     return next((kind for signature, kind in _SIGNATURES.items() if data.startswith(signature)), None)
+
+
+def foreign_format(data):
+    """The name of an image format TensorFlow cannot decode ("TIFF", "HEIF", ...), or None."""
+    if _is_webp(data):
+        return "WebP"  # from a TensorFlow without tf.io.decode_webp
+    if data[4:8] == b"ftyp":  # ISO media: HEIC, AVIF
+        return "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF"
+    return next((name for signature, name in _FOREIGN_SIGNATURES.items() if data.startswith(signature)), None)
+
+
+def webp_animated(data):
+    """Whether a WebP file is an animation (its extended header's animation flag)."""
+    return _is_webp(data) and data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & _WEBP_ANIMATION_FLAG)
 
 
 def _jpeg_size(data):
@@ -174,6 +235,25 @@ def _bmp_size(data):
     return width, height, width * height
 
 
+def _webp_size(data):
+    """The canvas: of the extended header (VP8X), else of the one lossy or lossless bitstream."""
+    if len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+    elif chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        width, height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    elif chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+    else:
+        return None
+    return width, height, width * height
+
+
 def declared_size(data):
     """The size an image file's header declares, read without decoding.
 
@@ -183,12 +263,13 @@ def declared_size(data):
     Returns:
         `(format, width, height, pixels)`, pixels being what decoding
         allocates (for a GIF, its canvas and every frame); or None when the
-        header is not there (truncated, or not JPEG, PNG, GIF or BMP).
+        header is not there (truncated, or not a format of `DECODED_FORMATS`).
     """
     kind = image_format(data)
     if kind is None:
         return None
-    size = {"jpeg": _jpeg_size, "png": _png_size, "gif": _gif_size, "bmp": _bmp_size}[kind](data)
+    readers = {"jpeg": _jpeg_size, "png": _png_size, "gif": _gif_size, "bmp": _bmp_size, "webp": _webp_size}
+    size = readers[kind](data)
     return None if size is None else (kind, *size)
 
 
@@ -201,11 +282,21 @@ def check_declared_size(path, data, max_pixels=MAX_IMAGE_PIXELS):
         max_pixels: the most pixels decoding may allocate.
 
     Returns:
-        The format: "jpeg", "png", "gif" or "bmp".
+        The format, one of `DECODED_FORMATS` ("jpeg", "png", ...).
     """
     kind = image_format(data)
     if kind is None:
-        raise ImageFileError(path, "not a JPEG, PNG, GIF or BMP file")
+        foreign = foreign_format(data)
+        if foreign is None:
+            raise ImageFileError(path, f"not a {DECODED_NAMES} file")
+        raise ImageFileError(
+            path, f"a {foreign} file, which TensorFlow's decoder cannot read (it reads {DECODED_NAMES}): "
+            + CONVERT_HINT
+        )
+    if webp_animated(data):
+        raise ImageFileError(
+            path, "an animated WebP, which TensorFlow's decoder cannot read: save its first frame as PNG"
+        )
     size = declared_size(data)
     if size is None:
         raise ImageFileError(path, f"truncated {kind.upper()}")

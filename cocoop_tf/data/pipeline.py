@@ -13,8 +13,9 @@ Corrupt images: decoding runs inside a per-record dataset whose failure is
 caught (`ignore_errors`) and flagged, so the pipeline knows which file failed.
 By default it then stops with an error naming the file; with
 `skip_corrupt=True` it drops the image and prints a warning naming it. A
-PNG, GIF or BMP that declares more pixels than `MAX_IMAGE_PIXELS` counts as
-corrupt, before any decoding (see `transforms.decode_image`).
+PNG, GIF, BMP or WebP that declares more pixels than `MAX_IMAGE_PIXELS`, and
+a file of another format (whatever its name), count as corrupt, before any
+decoding (see `transforms.decode_image`).
 """
 
 import sys
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from cocoop_tf.data.image_files import DECODED_NAMES
 from cocoop_tf.data.transforms import decode_image
 from cocoop_tf.data.transforms import random_horizontal_flip
 from cocoop_tf.data.transforms import random_resized_crop
@@ -137,7 +139,7 @@ def make_pipeline(
         if not skip_corrupt:
             check = tf.debugging.Assert(ok, [
                 "Cannot decode the image file", name,
-                "(corrupt, truncated, too many pixels, or not JPEG/PNG/GIF/BMP). Replace or "
+                f"(corrupt, truncated, too many pixels, or not {DECODED_NAMES}). Replace or "
                 "remove it, or skip such images with a warning: --skip-corrupt on the command "
                 "line, skip_corrupt=True in Python.",
             ])
@@ -182,7 +184,7 @@ def _keep_or_warn(name, image, ok, label, seed):
     def warn():
         message = tf.strings.join(["WARNING: skipping the image file ", name,
                                    ", which cannot be decoded (corrupt, truncated, too many pixels, or "
-                                   "not JPEG/PNG/GIF/BMP)."])
+                                   f"not {DECODED_NAMES})."])
         with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):
             return tf.constant(False)
 

@@ -6,17 +6,28 @@ order, or names sorted), never by the file system, so few-shot sampling picks
 the same images on every machine.
 """
 
+import collections
 import errno
 import json
 import os
 import random
 import typing
+import warnings
 
 from cocoop_tf.data.benchmarks import DEFAULT_TEMPLATE
+from cocoop_tf.data.image_files import CONVERT_COMMAND
+from cocoop_tf.data.image_files import DECODED_NAMES
+from cocoop_tf.data.image_files import IMAGE_EXTENSIONS
 from cocoop_tf.data.pipeline import read_files
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Names of images in formats TensorFlow cannot decode: named when they lie outside a class folder.
+OTHER_IMAGE_EXTENSIONS = (
+    ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".psd", ".svg", ".tga", ".exr", ".hdr", ".dng", ".cr2", ".nef", ".arw", ".raw",
+)
+# Left-out entries named in full in the warning; the rest are counted.
+NAMED_LEFT_OUT = 20
 
 
 class Item(typing.NamedTuple):
@@ -42,13 +53,18 @@ class Source:
         template: the zero-shot prompt template.
         root: the folder that item paths are recorded relative to in
             few-shot files (the image folder).
+        left_out: what the class folders hold that is not taken: files
+            that are not images by their names (`list_images`) and
+            subfolders of class folders, as paths (a folder's with a
+            trailing "/"); they were named in a warning when the source was read.
     """
 
-    def __init__(self, name, classnames, splits, template=DEFAULT_TEMPLATE, root=None):
+    def __init__(self, name, classnames, splits, template=DEFAULT_TEMPLATE, root=None, left_out=()):
         self.name = name
         self.classnames = list(classnames)
         self.template = template
         self.root = root
+        self.left_out = list(left_out)
         self._splits = {split: list(splits.get(split, [])) for split in SPLITS}
 
     def split(self, split):
@@ -59,7 +75,7 @@ class Source:
         """A copy of this source without the items at `paths` (e.g. corrupt files)."""
         paths = set(paths)
         splits = {split: [i for i in self._splits[split] if i.path not in paths] for split in SPLITS}
-        return Source(self.name, self.classnames, splits, self.template, self.root)
+        return Source(self.name, self.classnames, splits, self.template, self.root, self.left_out)
 
     def key(self, item):
         """The item's path as recorded in split and few-shot files."""
@@ -86,13 +102,56 @@ class Source:
 # --- layouts ------------------------------------------------------------------
 
 
-def list_images(folder):
-    """Image files in a folder (no hidden files), sorted by name, as full paths."""
-    names = sorted(
-        n for n in os.listdir(folder)
-        if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+def list_images(folder, left_out=None):
+    """Image files in a folder (no hidden files), sorted by name, as full paths.
+
+    A file is taken by its name: an extension of `image_files.IMAGE_EXTENSIONS`
+    in any case (.jpg, .JPG, .jpeg, .png, .webp, ...), the formats the
+    pipelines decode. Subfolders are not searched.
+
+    Args:
+        folder: the folder.
+        left_out: optional list; the other entries that are not hidden
+            (files of other formats, such as .tiff, and subfolders, with a
+            trailing "/") are appended to it, sorted, so that the caller can
+            name them.
+    """
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    taken = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if left_out is not None:
+        for name in names:
+            path = os.path.join(folder, name)
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                left_out.append(path + "/" if os.path.isdir(path) else path)
+    return [os.path.join(folder, n) for n in taken]
+
+
+def warn_left_out(left_out, where, root):
+    """One warning naming what the class folders hold that is not taken (see `list_images`).
+
+    Args:
+        left_out: paths from `list_images`.
+        where: the dataset, for the message.
+        root: the folder the paths are shown relative to.
+    """
+    if not left_out:
+        return
+    shown = [os.path.relpath(p, root) + ("/" if p.endswith("/") else "") for p in left_out]
+    kinds = collections.Counter(
+        "folder" if p.endswith("/") else (os.path.splitext(p)[1].lower() or "without extension")
+        for p in left_out
     )
-    return [os.path.join(folder, n) for n in names]
+    more = len(shown) - NAMED_LEFT_OUT
+    warnings.warn(
+        f"{where}: {len(left_out)} {'entry' if len(left_out) == 1 else 'entries'} of {root} left out "
+        f"({', '.join(f'{n} {kind}' for kind, n in kinds.most_common())}): "
+        f"{', '.join(shown[:NAMED_LEFT_OUT])}{f', and {more} more' if more > 0 else ''}. "
+        f"Only {DECODED_NAMES} files are taken, by name ({', '.join(IMAGE_EXTENSIONS)}, any case), "
+        "and a class folder's subfolders are not searched. Convert images of other formats to PNG, "
+        f"e.g. with Pillow: {CONVERT_COMMAND}; rename images whose names lack their format's extension; "
+        "move the rest away (`load_dataset(...).source.left_out` lists all).",
+        stacklevel=4,
+    )
 
 
 def list_folders(folder):
@@ -282,13 +341,16 @@ def read_classnames_file(path):
     return names
 
 
-def read_class_folders(image_dir, classnames=None):
+def read_class_folders(image_dir, classnames=None, left_out=None):
     """Reads one folder per class, the classes in sorted folder order.
 
     Args:
         image_dir: folder holding one subfolder of images per class.
         classnames: optional dict from folder name to class name (as
             ImageNet's WordNet ids to names); by default the folder names.
+        left_out: optional list, to which what is not taken is appended:
+            the class folders' other entries (see `list_images`), and
+            images beside the class folders, outside any class.
 
     Returns:
         `(classnames, items)`: class names in label order and the items,
@@ -303,25 +365,38 @@ def read_class_folders(image_dir, classnames=None):
                 f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}."
             )
     items = []
+    left_out = [] if left_out is None else left_out
+    left_out += [
+        os.path.join(image_dir, n) for n in sorted(os.listdir(image_dir))
+        if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS)
+        and not os.path.isdir(os.path.join(image_dir, n))
+    ]
     for label, folder in enumerate(folders):
-        images = list_images(os.path.join(image_dir, folder))
+        others = []
+        images = list_images(os.path.join(image_dir, folder), others)
         if not images:
-            raise ValueError(
-                f"The class folder {os.path.join(image_dir, folder)} holds no images "
-                f"({', '.join(IMAGE_EXTENSIONS)}): remove it, or put its images in it. "
-                "An empty folder would be a class no image can teach or test."
+            held = (
+                f" (it holds {len(others)} other entries, e.g. {others[0]}; convert images of other "
+                f"formats to PNG, e.g. with Pillow: {CONVERT_COMMAND})" if others else ""
             )
+            raise ValueError(
+                f"The class folder {os.path.join(image_dir, folder)} holds no images ({DECODED_NAMES} "
+                f"files: {', '.join(IMAGE_EXTENSIONS)}, in any case){held}: remove it, or put its images "
+                "in it. An empty folder would be a class no image can teach or test."
+            )
+        left_out += others
         items += [Item(p, label) for p in images]
     names = [classnames[f] if classnames is not None else f for f in folders]
     return names, items
 
 
-def read_index_folders(image_dir, classnames):
+def read_index_folders(image_dir, classnames, left_out=None):
     """Reads folders named by label index ("0".."999"), as ImageNet-V2 has them.
 
     Args:
         image_dir: folder of the label folders.
         classnames: all class names, in label order.
+        left_out: optional list for the entries not taken (see `list_images`).
 
     Returns:
         A list of `Item`, label by label.
@@ -330,7 +405,7 @@ def read_index_folders(image_dir, classnames):
     for label in range(len(classnames)):
         folder = os.path.join(image_dir, str(label))
         if os.path.isdir(folder):
-            items += [Item(p, label) for p in list_images(folder)]
+            items += [Item(p, label) for p in list_images(folder, left_out)]
     return items
 
 
@@ -400,14 +475,15 @@ def benchmark_source(benchmark, data_root, classnames_file=None):
         )
     image_dir = os.path.normpath(os.path.join(folder, benchmark.image_dir))
     layout = benchmark.layout
+    left_out = []
     if layout == "split":
         classnames, splits = read_split_file(os.path.join(folder, benchmark.split_file), image_dir)
     elif layout == "aircraft":
         classnames, splits = read_aircraft(folder, image_dir)
     elif layout == "imagenet":
         wnids = read_classnames_file(classnames_file or os.path.join(folder, "classnames.txt"))
-        classnames, train = read_class_folders(os.path.join(image_dir, "train"), wnids)
-        test_names, test = read_class_folders(os.path.join(image_dir, "val"), wnids)
+        classnames, train = read_class_folders(os.path.join(image_dir, "train"), wnids, left_out)
+        test_names, test = read_class_folders(os.path.join(image_dir, "val"), wnids, left_out)
         if test_names != classnames:
             raise ValueError(
                 f"{image_dir}/train and {image_dir}/val hold different class folders; "
@@ -420,12 +496,13 @@ def benchmark_source(benchmark, data_root, classnames_file=None):
             _imagenet_classnames_file(benchmark, folder, data_root, classnames_file)
         )
         if layout == "wnid_folders":
-            classnames, test = read_class_folders(image_dir, wnids)
+            classnames, test = read_class_folders(image_dir, wnids, left_out)
         else:
             classnames = list(wnids.values())
-            test = read_index_folders(image_dir, classnames)
+            test = read_index_folders(image_dir, classnames, left_out)
         splits = {"test": test}
-    return Source(benchmark.name, classnames, splits, benchmark.template, image_dir)
+    warn_left_out(left_out, benchmark.name, image_dir)
+    return Source(benchmark.name, classnames, splits, benchmark.template, image_dir, left_out)
 
 
 def _imagenet_classnames_file(benchmark, folder, data_root, classnames_file):
@@ -465,30 +542,32 @@ def folder_source(path, split_file=None):
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     name = os.path.basename(path)
+    left_out = []
     if split_file is not None:
         classnames, splits = read_split_file(split_file, path)
     elif os.path.isdir(os.path.join(path, "train")) and (
         os.path.isdir(os.path.join(path, "test")) or os.path.isdir(os.path.join(path, "val"))
     ):
-        classnames, train = read_class_folders(os.path.join(path, "train"))
+        classnames, train = read_class_folders(os.path.join(path, "train"), left_out=left_out)
         labels = {n: label for label, n in enumerate(classnames)}
         splits = {"train": train}
         for split in ("val", "test"):
             if os.path.isdir(os.path.join(path, split)):
-                splits[split] = _relabel_folder_split(os.path.join(path, split), labels)
+                splits[split] = _relabel_folder_split(os.path.join(path, split), labels, left_out)
     else:
-        classnames, items = read_class_folders(path)
+        classnames, items = read_class_folders(path, left_out=left_out)
         splits = split_per_class(items)
     if not classnames:
         raise ValueError(
             f"{path!r} holds no class folders: expected one subfolder of images per class "
             "(e.g. cat/1.jpg, dog/2.jpg), or pass split_file=."
         )
-    return Source(name, classnames, splits, DEFAULT_TEMPLATE, path)
+    warn_left_out(left_out, name, path)
+    return Source(name, classnames, splits, DEFAULT_TEMPLATE, path, left_out)
 
 
-def _relabel_folder_split(folder, labels):
-    names, items = read_class_folders(folder)
+def _relabel_folder_split(folder, labels, left_out):
+    names, items = read_class_folders(folder, left_out=left_out)
     unknown = [n for n in names if n not in labels]
     if unknown:
         raise ValueError(f"Class folders in {folder!r} that train/ lacks: {unknown}.")

@@ -6,15 +6,20 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from cocoop_tf.data.image_files import DECODED_FORMATS
+from cocoop_tf.data.image_files import DECODED_NAMES
 from cocoop_tf.data.image_files import MAX_IMAGE_PIXELS
 from cocoop_tf.data.image_files import check_declared_size
 from cocoop_tf.data.image_files import read_image_file
 
 
 def load_image(path):
-    """Reads an image file (JPEG, PNG, GIF, BMP) as RGB uint8, [H, W, 3].
+    """Reads an image file (JPEG, PNG, GIF, BMP, WebP) as RGB uint8, [H, W, 3].
 
-    Grey images are repeated to three channels and alpha is dropped. Only a
+    The formats are those the dataset pipelines decode
+    (`image_files.DECODED_FORMATS`), recognised by their bytes, whatever the
+    file's name; another (TIFF, HEIC, ...) is refused with a way to convert
+    it. Grey images are repeated to three channels and alpha is dropped. Only a
     regular file of bounded size whose header declares a bounded number of
     pixels is read and decoded (see `image_files`).
 
@@ -32,15 +37,14 @@ def load_image(path):
     if not os.path.lexists(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
     data = read_image_file(path)
-    check_declared_size(path, data)
+    kind = check_declared_size(path, data)
     try:
-        return decode_checked_image(tf.constant(data))
+        return decode_checked_image(tf.constant(data), kind)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         # Keep TensorFlow's reason, without its op and device decorations.
         reason = error.message.split("}}")[-1].split("[Op:")[0].strip()
         raise ValueError(
-            f"Cannot decode {path!r} as an image (corrupt, or not JPEG/PNG/"
-            f"GIF/BMP): {reason}"
+            f"Cannot decode {path!r} as an image (corrupt, or not {DECODED_NAMES}): {reason}"
         ) from None
 
 
@@ -72,7 +76,7 @@ def resize_and_center_crop(image, size):
 
 
 def decode_image(data):
-    """Decodes encoded image bytes (JPEG, PNG, GIF, BMP) as RGB uint8, [H, W, 3].
+    """Decodes encoded image bytes (JPEG, PNG, GIF, BMP, WebP) as RGB uint8, [H, W, 3].
 
     The graph-mode counterpart of `load_image`: grey images are repeated to
     three channels, alpha is dropped, CMYK JPEGs are converted to RGB (as
@@ -80,10 +84,14 @@ def decode_image(data):
     GIF gives its first frame. A corrupt input makes the op fail; the input
     pipeline turns that into an error or a warning naming the file.
 
-    A PNG, GIF or BMP whose header declares more than `MAX_IMAGE_PIXELS`
-    pixels fails before it is decoded (a decompression bomb would otherwise
-    take all memory); `image_files.check_declared_size`, which the run's
-    image check applies, also bounds JPEGs and counts every GIF frame.
+    Only the formats of `image_files.DECODED_FORMATS` get to the decoder
+    (TensorFlow's would also read JPEG XL, whose size nothing here bounds),
+    and no animated WebP (which TensorFlow decodes into memory it did not
+    allocate for it). A PNG, GIF, BMP or WebP whose header declares more than
+    `MAX_IMAGE_PIXELS` pixels fails before it is decoded (a decompression
+    bomb would otherwise take all memory); `image_files.check_declared_size`,
+    which the run's image check applies, also bounds JPEGs and counts every
+    GIF frame.
 
     Args:
         data: scalar string tensor, the file's bytes.
@@ -91,59 +99,116 @@ def decode_image(data):
     Returns:
         A uint8 tensor [H, W, 3].
     """
-    # Too many pixels: decode nothing instead, which fails as a corrupt file does.
-    data = tf.where(_declared_pixels(data) <= MAX_IMAGE_PIXELS, data, b"")
-    return decode_checked_image(data)
+    header = _read_header(data)
+    # Refused: decode nothing instead, which fails as a corrupt file does.
+    data = tf.where(header["decodable"] & (header["pixels"] <= MAX_IMAGE_PIXELS), data, b"")
+    if "webp" not in DECODED_FORMATS:
+        return _decode(data, False)
+    return _decode(data, header["webp"])
 
 
-def decode_checked_image(data):
-    """`decode_image`'s decoder, without its pixel guard, for bytes already checked.
+def decode_checked_image(data, kind):
+    """`decode_image`'s decoder, without its guard, for bytes already checked.
 
     For files read through `image_files.read_image_file` and passed by
-    `image_files.check_declared_size` (a stricter bound); eagerly, the guard's
-    dozen small ops would cost more than decoding a small image.
+    `image_files.check_declared_size` (a stricter bound, which also gives the
+    format); eagerly, the guard's small ops would cost more than decoding a
+    small image.
 
     Args:
         data: scalar string tensor, the file's bytes.
+        kind: their format, from `check_declared_size` ("jpeg", "webp", ...).
 
     Returns:
         A uint8 tensor [H, W, 3].
     """
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return _decode(data, kind == "webp")
+
+
+def _decode(data, webp):
+    """Decodes as RGB; `webp` (a bool or a bool tensor) picks the WebP decoder."""
+    if webp is False:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    elif webp is True:
+        image = _decode_webp(data)
+    else:
+        image = tf.cond(
+            webp, lambda: _decode_webp(data), lambda: tf.io.decode_image(data, channels=3, expand_animations=False)
+        )
     image.set_shape([None, None, 3])
     return image
 
 
-def _size_fields():
-    """[32, 6] weights that read width and height of a PNG, a GIF and a BMP from 32 header bytes."""
-    weights = np.zeros([32, 6])
-    for column, (offset, size, little_endian) in enumerate(
-        [(16, 4, False), (20, 4, False), (6, 2, True), (8, 2, True), (18, 4, True), (22, 4, True)]
-    ):
+def _decode_webp(data):
+    # As the file holds, RGB or RGBA (asking for RGB fails on RGBA), then RGB. Never an
+    # animation (refused before): channels=0 decodes one into memory allocated for fewer channels.
+    return tf.io.decode_webp(data, channels=0)[0, :, :, :3]
+
+
+def _header_fields():
+    """Weights that read, from a file's first 32 bytes, the fields the guard looks at."""
+    fields = {  # name: (offset, size, little endian)
+        "word0": (0, 4, False), "word4": (4, 4, False), "word8": (8, 4, False), "word12": (12, 4, False),
+        "byte20": (20, 1, False), "vp8_start": (23, 3, False),
+        "png_w": (16, 4, False), "png_h": (20, 4, False),
+        "gif_w": (6, 2, True), "gif_h": (8, 2, True),
+        "bmp_w": (18, 4, True), "bmp_h": (22, 4, True),  # signed
+        "vp8x_w": (24, 3, True), "vp8x_h": (27, 3, True),  # WebP extended: canvas width - 1, height - 1
+        "vp8l_bits": (21, 4, True),  # WebP lossless: 14 bits width - 1, 14 bits height - 1, ...
+        "vp8_w": (26, 2, True), "vp8_h": (28, 2, True),  # WebP lossy: 14 bits width, height; 2 scale bits
+    }
+    weights = np.zeros([32, len(fields)])
+    for column, (offset, size, little_endian) in enumerate(fields.values()):
         places = 256.0 ** np.arange(size)
         weights[offset : offset + size, column] = places if little_endian else places[::-1]
-    return weights
+    return list(fields), weights
 
 
-_SIZE_FIELDS = _size_fields()
+_FIELD_NAMES, _FIELD_WEIGHTS = _header_fields()
 
 
-def _declared_pixels(data):
-    """Width x height as a PNG, GIF or BMP header declares them; 0 for other files.
+def _word(text):
+    return float(int.from_bytes(text, "big"))
 
-    One product of the first bytes with fixed weights, no control flow: the
-    guard runs for every image of every epoch. (JPEG sizes need a walk
-    through the header's segments, which `image_files` does before a run.)
+
+def _read_header(data):
+    """What the guard needs from a file's first bytes, in one product with fixed weights.
+
+    No control flow, few ops: the guard runs for every image of every epoch.
+    (JPEG sizes need a walk through the header's segments, which `image_files`
+    does before a run; a JPEG's count here is 0.)
+
+    Returns:
+        dict: "pixels" (float64, width x height as a PNG, GIF, BMP or WebP
+        header declares them), "decodable" (bool: a format of
+        `DECODED_FORMATS`, and no animated or unsized WebP) and "webp" (bool).
     """
-    # The first 32 bytes, zero-padded: a short file gives 0 here and fails in the decoder.
+    # The first 32 bytes, zero-padded: a short file fails in the decoder.
     head = tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, b"\0" * 32]), 0, 32), tf.uint8)
-    head = tf.cast(head, tf.float64)  # float64: 2**32 x 2**32 does not overflow
-    png_w, png_h, gif_w, gif_h, bmp_w, bmp_h = tf.unstack(tf.linalg.matvec(_SIZE_FIELDS.T, head))
+    # float64: 2**32 x 2**32 does not overflow.
+    f = dict(zip(_FIELD_NAMES, tf.unstack(tf.linalg.matvec(_FIELD_WEIGHTS.T, tf.cast(head, tf.float64)))))
+    half0 = tf.math.floordiv(f["word0"], 65536.0)
+    png = tf.equal(f["word0"], _word(b"\x89PNG")) & tf.equal(f["word4"], _word(b"\r\n\x1a\n"))
+    gif = tf.equal(f["word0"], _word(b"GIF8"))
+    bmp = tf.equal(half0, _word(b"BM"))
+    jpeg = tf.equal(half0, _word(b"\xff\xd8"))
+    riff = tf.equal(f["word0"], _word(b"RIFF")) & tf.equal(f["word8"], _word(b"WEBP"))
+    vp8x = riff & tf.equal(f["word12"], _word(b"VP8X"))
+    vp8l = riff & tf.equal(f["word12"], _word(b"VP8L")) & tf.equal(f["byte20"], 0x2F)
+    vp8 = riff & tf.equal(f["word12"], _word(b"VP8 ")) & tf.equal(f["vp8_start"], _word(b"\x9d\x01\x2a"))
+    animated = vp8x & tf.equal(tf.math.floormod(tf.math.floordiv(f["byte20"], 2.0), 2.0), 1.0)
     # BMP sizes are signed (a negative height stores rows top down).
-    bmp_w, bmp_h = (tf.abs(tf.where(v >= 2.0**31, v - 2.0**32, v)) for v in (bmp_w, bmp_h))
-    first = head[0]
-    return tf.where(first == 0x89, png_w * png_h, tf.where(
-        first == ord("G"), gif_w * gif_h, tf.where(first == ord("B"), bmp_w * bmp_h, 0.0)))
+    bmp_w, bmp_h = (tf.abs(tf.where(f[k] >= 2.0**31, f[k] - 2.0**32, f[k])) for k in ("bmp_w", "bmp_h"))
+    vp8l_w = tf.math.floormod(f["vp8l_bits"], 16384.0) + 1
+    vp8l_h = tf.math.floormod(tf.math.floordiv(f["vp8l_bits"], 16384.0), 16384.0) + 1
+    webp_pixels = tf.where(vp8x, (f["vp8x_w"] + 1) * (f["vp8x_h"] + 1), tf.where(
+        vp8l, vp8l_w * vp8l_h, tf.math.floormod(f["vp8_w"], 16384.0) * tf.math.floormod(f["vp8_h"], 16384.0)))
+    pixels = tf.where(png, f["png_w"] * f["png_h"], tf.where(
+        gif, f["gif_w"] * f["gif_h"], tf.where(bmp, bmp_w * bmp_h, tf.where(riff, webp_pixels, 0.0))))
+    decodable = jpeg | png | gif | bmp
+    if "webp" in DECODED_FORMATS:
+        decodable |= (vp8x | vp8l | vp8) & ~animated
+    return {"pixels": pixels, "decodable": decodable, "webp": riff}
 
 
 def random_crop_window(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -80,7 +80,9 @@ def check_image_shape(shape, image_size):
     if any(s is not None and s != image_size for s in shape[1:3]):
         raise ValueError(
             f"Expected images of {image_size}x{image_size} pixels (the "
-            f"backbone's resolution), got shape {shape}. Resize the short side "
-            f"to {image_size} and centre-crop (see "
-            "`cocoop_tf.data.transforms.resize_and_center_crop`)."
+            f"backbone's resolution), got shape {shape}. A pipeline of "
+            f"cocoop_tf.data makes them with `to_tf_dataset(..., image_size={image_size})` "
+            f"(its default is 224; --image-size {image_size} on the command line); resize "
+            f"other images' short side to {image_size} and centre-crop them "
+            f"(`cocoop_tf.data.transforms.resize_and_center_crop(image, {image_size})`)."
         )
