@@ -2,11 +2,13 @@
 
     python export/rest_client.py --images cat.jpg --classnames cat dog "tabby cat"
 
-Needs `numpy`, `instant-clip-tokenizer` and `pillow` (see client_inputs.py);
-no TensorFlow.
+The image size is the one the served model declares (its metadata), unless
+`--image-size` says otherwise. Needs `numpy`, `pillow` and a CLIP tokenizer
+(see client_inputs.py); no TensorFlow.
 """
 
 import json
+import sys
 import urllib.error
 import urllib.request
 
@@ -50,9 +52,33 @@ def predict(server, model, inputs, signature="serving_default", timeout=60):
     return {name: np.asarray(value, np.float32) for name, value in outputs.items()}
 
 
+def model_image_size(server, model, signature="serving_default", timeout=60):
+    """The image size the served model's signature declares (`images` `[-1, S, S, 3]`), or None.
+
+    From TF Serving's model metadata API (`GET /v1/models/<model>/metadata`).
+
+    Raises:
+        RuntimeError: with TF Serving's message (e.g. no such model), or
+            when the server cannot be reached.
+    """
+    try:
+        with urllib.request.urlopen(f"{server}/v1/models/{model}/metadata", timeout=timeout) as response:
+            metadata = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(json.load(error).get("error", str(error))) from None
+    except urllib.error.URLError as error:
+        raise RuntimeError(f"cannot reach TF Serving at {server}: {error.reason}") from None
+    try:
+        images = metadata["metadata"]["signature_def"]["signature_def"][signature]["inputs"]["images"]
+        dims = [int(d["size"]) for d in images["tensor_shape"]["dim"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dims[1] if len(dims) == 4 and dims[1] == dims[2] and dims[1] > 0 else None
+
+
 def main(argv=None):
-    run_client(predict, "http://localhost:8501", argv)
+    return run_client(predict, "http://localhost:8501", argv, model_image_size)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,17 +1,22 @@
 """Classify images with an exported .tflite model in the LiteRT interpreter.
 
-    python export/tflite_inference.py --model cocoop.tflite --image-size 224 \
-        --images cat.jpg --classnames cat dog "tabby cat"
+    python export/tflite_inference.py --model cocoop.tflite --images cat.jpg --classnames cat dog "tabby cat"
 
-Needs `ai-edge-litert` and the inputs of client_inputs.py; no TensorFlow.
+The image size is the model's own (read from the model), unless `--image-size`
+says otherwise. Needs `ai-edge-litert` and the inputs of client_inputs.py (all
+of which cocoop-tf installs); no TensorFlow.
 """
 
-import argparse
+import sys
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from client_inputs import client_parser
+from client_inputs import fail
 from client_inputs import load_images
+from client_inputs import print_top_classes
+from client_inputs import size_problem
 from client_inputs import tokenize_classnames
 
 CONTRACT = (
@@ -31,14 +36,22 @@ class TFLiteClassifier:
 
     Args:
         path: the `.tflite` file from `cocoop_tf.export.export_tflite`.
-        image_size: the model's resolution (the backbone's, 224 for ViT-B/16).
+        image_size: the model's resolution (the backbone's, 224 for ViT-B/16);
+            None: the one the model declares (`model_image_size`). Another
+            than the model's is refused, naming the model's.
         num_threads: interpreter threads.
     """
 
-    def __init__(self, path, image_size, num_threads=None):
-        self.image_size = image_size
+    def __init__(self, path, image_size=None, num_threads=None):
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
+        self.model_image_size = model_image_size(self.interpreter)
+        if image_size is None and self.model_image_size is None:
+            raise ValueError(f"{path} does not declare its image size: pass it (--image-size).")
+        problem = size_problem(image_size, self.model_image_size, str(path)) if image_size else None
+        if problem:
+            raise ValueError(problem)
+        self.image_size = image_size or self.model_image_size
         self._reported = ""
 
     def __call__(self, images, token_ids):
@@ -57,10 +70,26 @@ class TFLiteClassifier:
         try:
             return self.runner(images=images, token_ids=token_ids.astype(np.int32))
         except RuntimeError as error:
+            reason = self._this_call(str(error))
+        if not self._images_pass(images):
             raise ValueError(
-                f"The model rejected token_ids of shape {token_ids.shape} "
-                f"({self._this_call(str(error))}); expected {contract}. A class name may be too long."
-            ) from None
+                f"The model rejected images of shape {images.shape} ({reason}): {self.image_size} is "
+                "not its resolution; pass the image size of the backbone it was exported from "
+                "(image_size in cocoop_tf.json of its SavedModel export; 224 for ViT-B/16)."
+            )
+        raise ValueError(
+            f"The model rejected token_ids of shape {token_ids.shape} ({reason}); expected {contract}. "
+            "A class name may be too long."
+        )
+
+    def _images_pass(self, images):
+        """Whether the model's `image_features` signature takes `images` (one, to be quick)."""
+        try:
+            self.interpreter.get_signature_runner("image_features")(images=images[:1])
+        except (RuntimeError, ValueError) as error:
+            self._this_call(str(error))
+            return False
+        return True
 
     def _this_call(self, text):
         # The interpreter's error reporter keeps every message since it was
@@ -68,6 +97,24 @@ class TFLiteClassifier:
         new = text[len(self._reported):] if text.startswith(self._reported) else text
         self._reported = text
         return new.strip() or text
+
+
+def model_image_size(interpreter):
+    """The resolution S an exported model's graph checks images against, or None.
+
+    The model declares `images` as `[-1, -1, -1, -1]` (so that its checks see
+    the real shape), and shapes them `[-1, S, S, 3]` inside: S is the size
+    of those tensors, when the model has one.
+
+    Args:
+        interpreter: a LiteRT `Interpreter` of the model.
+    """
+    sizes = set()
+    for tensor in interpreter.get_tensor_details():
+        shape = [int(d) for d in tensor["shape_signature"]]
+        if len(shape) == 4 and shape[0] == -1 and shape[3] == 3 and shape[1] == shape[2] > 1:
+            sizes.add(shape[1])
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _image_problem(images, size):
@@ -95,21 +142,19 @@ def _token_ids_problem(token_ids):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = client_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the .tflite file")
-    parser.add_argument("--image-size", type=int, required=True, help="the model's resolution")
-    parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--classnames", nargs="+", required=True)
-    parser.add_argument("--prompt", default="{}.", help="zero-shot exports: their template")
     args = parser.parse_args(argv)
-    classify = TFLiteClassifier(args.model, args.image_size)
-    outputs = classify(
-        load_images(args.images, args.image_size), tokenize_classnames(args.classnames, args.prompt)
-    )
-    for path, probabilities in zip(args.images, outputs["probabilities"]):
-        best = np.argsort(-probabilities)[:5]
-        print(path, ", ".join(f"{args.classnames[i]} {probabilities[i]:.3f}" for i in best))
+    try:
+        classify = TFLiteClassifier(args.model, args.image_size)
+        outputs = classify(
+            load_images(args.images, classify.image_size), tokenize_classnames(args.classnames, args.prompt)
+        )
+    except (ValueError, ImportError, OSError) as error:
+        return fail(parser, error)
+    print_top_classes(args.images, outputs["probabilities"], args.classnames)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,16 @@
-"""The deployment examples of export/: config, REST and gRPC clients, TFLite inference.
+"""The deployment examples of export/: config, REST and gRPC clients, SavedModel and TFLite inference.
 
 TF Serving itself cannot run here (no Docker images offline), so the clients
 talk, over the loopback interface, to small stand-ins that implement TF
-Serving's REST and gRPC predict APIs on the exported SavedModel.
+Serving's REST and gRPC predict and model metadata APIs on the exported
+SavedModel.
 """
 
 import concurrent.futures
 import http.server
 import json
 import pathlib
+import sys
 import threading
 
 import numpy as np
@@ -25,6 +27,9 @@ from conftest import max_relative_difference
 
 import grpc  # noqa: E402
 
+from google.protobuf import json_format  # noqa: E402
+from tensorflow.python.saved_model import loader_impl  # noqa: E402
+from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
@@ -42,16 +47,27 @@ def examples():
         import client_inputs
         import grpc_client
         import rest_client
+        import saved_model_inference
         import tflite_inference
 
-        yield client_inputs, rest_client, grpc_client, tflite_inference
+        yield client_inputs, rest_client, grpc_client, tflite_inference, saved_model_inference
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    """A 32-pixel CoCoOp, its SavedModel loaded, and the SavedModel's base folder."""
     model = cocoop_tf.CoCoOp(cocoop_tf.load_clip("random_tiny"), ["a", "b"])
-    path = export_saved_model(model, tmp_path_factory.mktemp("models") / "cocoop")
-    return model, tf.saved_model.load(path)
+    base = tmp_path_factory.mktemp("models") / "cocoop"
+    path = export_saved_model(model, base)
+    return model, tf.saved_model.load(path), base
+
+
+def _signature_defs(base):
+    """The SavedModel's signatures as TF Serving's metadata gives them (a SignatureDefMap)."""
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in loader_impl.parse_saved_model(str(base / "1")).meta_graphs[0].signature_def.items():
+        signatures.signature_def[name].CopyFrom(signature)
+    return signatures
 
 
 def _run_signature(loaded, name, inputs):
@@ -65,8 +81,19 @@ def _run_signature(loaded, name, inputs):
 @pytest.fixture(scope="module")
 def rest_server(served):
     loaded = served[1]
+    metadata = json_format.MessageToDict(_signature_defs(served[2]), preserving_proto_field_name=True)
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            assert self.path == "/v1/models/cocoop/metadata"
+            answer = {"model_spec": {"name": "cocoop", "version": "1"}, "metadata": {"signature_def": metadata}}
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert self.path == "/v1/models/cocoop:predict"
@@ -96,8 +123,18 @@ def rest_server(served):
 @pytest.fixture(scope="module")
 def grpc_server(served):
     loaded = served[1]
+    signature_defs = _signature_defs(served[2])
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def GetModelMetadata(self, request, context):
+            if request.model_spec.name != "cocoop":
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request.model_spec.name}")
+            assert list(request.metadata_field) == ["signature_def"]
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = "cocoop"
+            response.metadata["signature_def"].Pack(signature_defs)
+            return response
+
         def Predict(self, request, context):
             assert request.model_spec.name == "cocoop"
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
@@ -150,6 +187,20 @@ def test_client_inputs_match_the_library(examples, served):
     assert np.mean(np.abs(images - expected)) < 2.0
 
 
+def test_client_tokenizer_is_cocoop_tfs_where_instant_clip_tokenizer_is_missing(examples, monkeypatch):
+    """After README's `pip install -e .` alone (no instant-clip-tokenizer), the clients tokenise alike."""
+    client_inputs = examples[0]
+    with_instant = client_inputs.tokenize_classnames(NAMES, prompt="a photo of a {}.")
+    monkeypatch.setitem(sys.modules, "instant_clip_tokenizer", None)  # not installed
+    without = client_inputs.tokenize_classnames(NAMES, prompt="a photo of a {}.")
+    assert without.dtype == np.int32 and (without == with_instant).all()
+    long_name = ["very " * 80 + "long"]  # cut as instant-clip-tokenizer cuts: ending with the end token
+    assert (client_inputs.tokenize_classnames(long_name)[0, -1], without.shape[1]) == (49407, 77)
+    monkeypatch.setitem(sys.modules, "cocoop_tf.clip.tokenizer", None)  # neither installed
+    with pytest.raises(ImportError, match=r"install cocoop-tf \(`pip install -e \.`.*pip install instant-clip-tokenizer"):
+        client_inputs.tokenize_classnames(NAMES)
+
+
 def test_rest_client(examples, served, rest_server, capsys):
     rest_client = examples[1]
     model = served[0]
@@ -159,10 +210,16 @@ def test_rest_client(examples, served, rest_server, capsys):
     assert max_relative_difference(outputs["logits"], model.classify(images, token_ids)) <= 1e-4
     with pytest.raises(RuntimeError, match="token_ids holds no class"):
         rest_client.predict(rest_server, "cocoop", {"images": images, "token_ids": token_ids[:0]})
-    rest_client.main(["--server", rest_server, "--images", *SAMPLES, "--classnames", *NAMES,
-                      "--image-size", "32"])
+    assert rest_client.model_image_size(rest_server, "cocoop") == 32
+    # README's command, without --image-size: the model's, from TF Serving's metadata.
+    assert rest_client.main(["--server", rest_server, "--images", *SAMPLES, "--classnames", *NAMES]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == SAMPLES
+    assert rest_client.main(["--server", rest_server, "--images", *SAMPLES, "--classnames", *NAMES,
+                             "--image-size", "224"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the image size 224 (--image-size) is not the model's resolution: the model 'cocoop' on " in err
+    assert "takes 32 x 32 images" in err and len(err.strip().splitlines()) == 1
 
 
 def test_grpc_client(examples, served, grpc_server, capsys):
@@ -179,16 +236,25 @@ def test_grpc_client(examples, served, grpc_server, capsys):
         grpc_client.predict(grpc_server, "cocoop", {"images": images, "token_ids": too_long})
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "A class name is too long" in error.value.details()
-    grpc_client.main(["--server", grpc_server, "--images", *SAMPLES, "--classnames", *NAMES,
-                      "--image-size", "32"])
+    assert grpc_client.model_image_size(grpc_server, "cocoop") == 32
+    assert grpc_client.main(["--server", grpc_server, "--images", *SAMPLES, "--classnames", *NAMES]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(SAMPLES)
+    assert grpc_client.main(["--server", grpc_server, "--images", *SAMPLES, "--classnames", *NAMES,
+                             "--image-size", "224"]) == 2
+    assert "takes 32 x 32 images" in capsys.readouterr().err
+    assert grpc_client.main(["--server", grpc_server, "--model", "other", "--images", *SAMPLES,
+                             "--classnames", *NAMES]) == 2
+    assert "error: Servable not found for request: other" in capsys.readouterr().err  # TF Serving's words
 
 
-def test_tflite_inference_example(examples, served, tmp_path, capsys):
+def test_tflite_inference_example(examples, served, tmp_path, capsys, monkeypatch):
     tflite_inference = examples[3]
     model = served[0]
     path = export_tflite(model, tmp_path / "cocoop.tflite")
-    classify = tflite_inference.TFLiteClassifier(path, image_size=32)
+    classify = tflite_inference.TFLiteClassifier(path)  # the size the model declares
+    assert classify.image_size == 32 and tflite_inference.TFLiteClassifier(path, image_size=32).image_size == 32
+    with pytest.raises(ValueError, match=r"image size 224 \(--image-size\) is not the model's resolution: .*cocoop.tflite takes 32 x 32 images"):
+        tflite_inference.TFLiteClassifier(path, image_size=224)
     images = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     token_ids = serving_token_ids(model, NAMES)
     logits = classify(images, token_ids)["logits"]
@@ -213,6 +279,35 @@ def test_tflite_inference_example(examples, served, tmp_path, capsys):
         with pytest.raises(ValueError, match=r"images \[2\] hold NaN, infinite or out-of-range pixel values"):
             classify(spoilt, token_ids)
     assert max_relative_difference(classify(images, token_ids)["logits"], logits) == 0  # serves again
-    tflite_inference.main(["--model", str(path), "--image-size", "32", "--images", *SAMPLES,
-                           "--classnames", *NAMES])
+    # A model that did not say its size, given the wrong one: the images are named, not the ids.
+    classify.image_size = 16
+    with pytest.raises(ValueError, match=r"The model rejected images of shape \(4, 16, 16, 3\) .*16 is not its resolution"):
+        classify(images[:, :16, :16], token_ids)
+    # README's command after `pip install -e .` alone: no --image-size, no instant-clip-tokenizer.
+    monkeypatch.setitem(sys.modules, "instant_clip_tokenizer", None)
+    assert tflite_inference.main(["--model", str(path), "--images", *SAMPLES, "--classnames", *NAMES]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(SAMPLES)
+    assert tflite_inference.main(["--model", str(path), "--image-size", "224", "--images", *SAMPLES,
+                                  "--classnames", *NAMES]) == 2
+    assert "error: the image size 224 (--image-size) is not the model's resolution" in capsys.readouterr().err
+
+
+def test_saved_model_inference_example(examples, served, capsys):
+    saved_model_inference = examples[4]
+    model, _, base = served
+    classify = saved_model_inference.SavedModelClassifier(base)  # the base folder: its highest version
+    assert classify.path == str(base / "1") and classify.image_size == 32 and classify.info["prompt"] == "{}."
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    token_ids = serving_token_ids(model, NAMES)
+    outputs = classify(images, token_ids)
+    assert max_relative_difference(outputs["logits"], model.classify(images, token_ids)) <= 1e-4
+    too_long = np.array([[49406] + [320] * 72 + [49407] + [0] * 3], np.int32)
+    with pytest.raises(ValueError, match="A class name is too long"):
+        classify(images, too_long)
+    assert saved_model_inference.main(["--model", str(base), "--images", *SAMPLES, "--classnames", *NAMES]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == SAMPLES
+    assert saved_model_inference.main(["--model", str(base), "--image-size", "224", "--images", *SAMPLES,
+                                       "--classnames", *NAMES]) == 2
+    assert "takes 32 x 32 images" in capsys.readouterr().err
+    assert saved_model_inference.main(["--model", str(base / "2"), "--images", *SAMPLES, "--classnames", "a"]) == 2
+    assert "error: No SavedModel in" in capsys.readouterr().err
