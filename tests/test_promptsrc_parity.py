@@ -194,6 +194,8 @@ def test_matches_the_official_forward_loss_and_gradients(deep_clip, frozen_text_
     assert max(differences.values()) <= TOLERANCE, differences
     # Inference is IVLP's: no terms; the served path (class ids as a tensor) gives the same logits.
     assert max_relative_difference(model(images), expected) <= TOLERANCE
+    if case != "ivlp_3_text_2_vision":
+        return  # MaPLe's served path, checked once with IVLP's prompts (its graph takes 2 s to trace)
     served = tf.function(lambda x, ids: model.classify(x, ids), reduce_retracing=True)
     token_ids = tf.constant(model.tokenize_classnames(CLASSNAMES))
     assert max_relative_difference(served(images, tf.identity(token_ids)), expected) <= TOLERANCE
