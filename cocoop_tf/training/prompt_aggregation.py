@@ -70,11 +70,11 @@ class GaussianPromptAggregation(keras.callbacks.Callback):
 
     Example:
     ```python
-    clip = cocoop_tf.load_clip("random_tiny")
-    model = cocoop_tf.PromptSRC(clip, ["cat", "dog"], prompt_depth=1, gpa_mean=2.0)
-    model.compile(optimizer=cocoop_tf.paper_optimizer(steps_per_epoch=1, epochs=2, warmup_epochs=0))
-    aggregation = cocoop_tf.training.GaussianPromptAggregation(2, mean=2.0)
-    model.fit(np.zeros((2, 32, 32, 3), "float32"), np.array([0, 1]), epochs=2, callbacks=[aggregation], verbose=0)
+    weights = cocoop_tf.training.gpa_weights(20, mean=15.0, std=1.0)  # [20], summing to 1
+    assert 0.99 < weights[12:17].sum() < 0.995  # epochs 13 to 17 make up the prompt
+    # PromptSRC.fit adds it itself; by hand, it goes before any checkpoint callback:
+    aggregation = cocoop_tf.training.GaussianPromptAggregation(20, mean=15.0, std=1.0)
+    # model.fit(train_ds, epochs=20, callbacks=[aggregation, checkpoints])
     ```
     """
 
