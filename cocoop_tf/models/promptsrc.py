@@ -217,8 +217,7 @@ class PromptSRC(IVLP):
             dict of scalars: `cross_entropy`, `text_l1`, `image_l1` and `kl`;
             their sum is the loss `fit` minimises.
         """
-        images = ops.convert_to_tensor(images, self.compute_dtype)
-        logits, terms = self._logits_and_regularisers(images)
+        logits, terms = self._logits_and_regularisers(ops.convert_to_tensor(images))
         cross_entropy = keras.losses.sparse_categorical_crossentropy(
             ops.convert_to_tensor(labels), ops.cast(logits, "float32"), from_logits=True
         )
