@@ -26,13 +26,19 @@ context; plus the vision tower's forward pass (its last block at the class
 token only). Each configuration runs in its own process, TensorFlow limited to
 the requested threads.
 
-    python benchmarks/text_encoder_speed.py [--threads 2] [--quick] [--bfloat16] [--methods]
+    python benchmarks/text_encoder_speed.py [--threads 2] [--quick] [--bfloat16] [--methods] [--method-list NAME ...]
 
 `--quick`: C = 50, B = 4 training and C = 1000, B = 32 evaluation only.
 `--bfloat16`: also the efficient path under the "mixed_bfloat16" policy.
 `--methods` (`--methods-only`): also (only) the training step of CoOp, CoCoOp,
-KgCoOp and MaPLe at C = 50, B = 4 (MaPLe with the paper's J = 9 on the full
-model; on the text model, whose vision tower has one block, J = 1).
+KgCoOp, MaPLe, IVLP and PromptSRC at C = 50, B = 4, with the papers' depth 9
+where the towers have the blocks: MaPLe J = 9 on the full model and J = 1 on
+the text model, whose vision tower has one block; IVLP and PromptSRC text
+depth 9 on both, vision depth 9 on the full model and 1 on the text model.
+PromptSRC's step is its whole loss: the frozen image tower's pass and the
+three regularisers with the cross-entropy (its frozen class features over the
+templates are computed once, before the timed steps). `--method-list NAME ...`
+times only those methods.
 """
 
 import argparse
@@ -98,9 +104,12 @@ def _model(backbone, path, num_classes, precision, method="cocoop"):
     clip = random_backbone(CLIPArchitecture(**BACKBONES[backbone]))
     clip.trainable = False
     settings = {}
+    arch = BACKBONES[backbone]
     if method == "maple":  # the paper's depth where the towers have the blocks
-        arch = BACKBONES[backbone]
         settings["prompt_depth"] = min(9, arch["vision_layers"], arch["text_layers"])
+    elif method in ("ivlp", "promptsrc"):  # independent towers: each its own depth
+        settings["prompt_depth"] = min(9, arch["text_layers"])
+        settings["vision_prompt_depth"] = min(9, arch["vision_layers"])
     model = cocoop_tf.models.get_method(method)(clip, classnames(num_classes), **settings)
     text_mode, vision_mode, jit = PATHS[path]
     model.prompt_text_encoder.mode = text_mode
@@ -164,7 +173,7 @@ def measure_step(backbone, path, batch, num_classes, threads, repeats, precision
             logits = tf.cast(model(images, training=True), tf.float32)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            ) + sum(tf.cast(term, tf.float32) for term in model.losses)  # KgCoOp's knowledge term
+            ) + sum(tf.cast(term, tf.float32) for term in model.losses)  # KgCoOp's, PromptSRC's terms
         return loss, tape.gradient(loss, model.trainable_variables)
 
     def step():
@@ -371,9 +380,12 @@ def bfloat16_table(args):
         print(f"| {backbone} | evaluation C=1000 B=32 (images/s) | {cells[0]} | {cells[1]} | {ratio} |", flush=True)
 
 
+METHODS = ("coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc")
+
+
 def methods_table(args):
     print("\nTraining step per method, C = 50, B = 4, efficient path with XLA, float32 (s):\n")
-    methods = ("coop", "cocoop", "kgcoop", "maple")
+    methods = tuple(args.method_list or METHODS)
     print("| model | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     for backbone in ("text", "full"):
@@ -387,8 +399,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="C=50, B=4 and C=1000, B=32 only")
     parser.add_argument("--bfloat16", action="store_true", help="also the efficient path in bfloat16")
-    parser.add_argument("--methods", action="store_true", help="also the step of each method (CoOp, ..., MaPLe)")
+    parser.add_argument("--methods", action="store_true", help="also the step of each method (CoOp, ..., PromptSRC)")
     parser.add_argument("--methods-only", action="store_true", help="only the step of each method")
+    parser.add_argument("--method-list", nargs="+", choices=METHODS, help="the methods --methods times")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--time-limit-s", type=float, default=240.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
