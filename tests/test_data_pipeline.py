@@ -6,6 +6,7 @@ import tensorflow as tf
 from test_data_helpers import cmyk_jpeg
 from test_data_helpers import write_image
 
+from cocoop_tf.data import decode_image
 from cocoop_tf.data import load_dataset
 from cocoop_tf.data import random_horizontal_flip
 from cocoop_tf.data import resize_and_center_crop
@@ -155,6 +156,28 @@ def test_decodes_grey_alpha_cmyk_and_png(tmp_path):
     np.testing.assert_allclose(means[2], [200, 200, 200], atol=0.5)
     # Adobe (inverted) CMYK: R = C * K / 255, ...
     np.testing.assert_allclose(means[3], [200, 100, 50], atol=2)
+
+
+def test_decodes_webp_lossy_lossless_and_with_alpha_as_pillow_does(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (6, 10, 4), dtype=np.uint8)
+    root = tmp_path / "webp" / "test"
+    variants = {"a": ("RGB", {}), "b": ("RGB", {"lossless": True}), "c": ("RGBA", {}), "d": ("RGBA", {"lossless": True})}
+    for name, (mode, options) in variants.items():
+        (root / name).mkdir(parents=True)
+        Image.fromarray(pixels, "RGBA").convert(mode).save(root / name / "0.WebP", "WEBP", **options)
+        write_image(tmp_path / "webp" / "train" / name / "0.jpg")
+    ds = load_dataset(tmp_path / "webp")
+    assert [item.path.endswith("0.WebP") for item in ds.test] == [True] * 4
+    decoded = [next(iter(tf.data.Dataset.from_tensors(tf.io.read_file(i.path)).map(decode_image))).numpy()
+               for i in ds.test]
+    for image, item in zip(decoded, ds.test):
+        expected = np.asarray(Image.open(item.path).convert("RGB"))  # alpha dropped, as for PNG
+        assert image.shape == (6, 10, 3) and (image == expected).all(), item.path
+    images, labels = collect(ds.to_tf_dataset("test", 4, training=False, image_size=6))
+    assert images.shape == (4, 6, 6, 3) and labels.tolist() == [0, 1, 2, 3]
 
 
 def make_with_corrupt(tmp_path):

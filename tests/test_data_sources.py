@@ -4,6 +4,7 @@ import collections
 import json
 import os
 
+import numpy as np
 import pytest
 from real_layouts import PAPER_TEMPLATES
 from real_layouts import REAL_CLASSNAMES
@@ -15,6 +16,7 @@ from test_data_helpers import write_image
 
 from cocoop_tf.data import BENCHMARKS
 from cocoop_tf.data import load_dataset
+from cocoop_tf.data.checks import find_corrupt_images
 
 # (train, val, test) per class, cycled over the classes: classes differ in size.
 COUNTS = [(3, 2, 2), (4, 1, 3), (2, 2, 1)]
@@ -174,8 +176,45 @@ def test_image_folder_split_per_class(tmp_path):
     assert per_class(ds.test) == {0: 2, 2: 3}
     all_paths = [i.path for split in (ds.train, ds.val, ds.test) for i in split]
     assert len(set(all_paths)) == 18 and not any(p.endswith((".txt", ".hidden.jpg")) for p in all_paths)
-    assert load_dataset(str(root)).train == ds.train  # the same split every time
-    assert load_dataset("my_pets", data_root=tmp_path).test == ds.test
+    assert ds.source.left_out == [str(root / "dog" / "notes.txt")]  # named; the hidden file is not
+    with pytest.warns(UserWarning, match=r"my_pets: 1 entry of .*my_pets left out \(1 \.txt\): dog/notes\.txt\. "):
+        assert load_dataset(str(root)).train == ds.train  # the same split every time
+    with pytest.warns(UserWarning, match="dog/notes.txt"):
+        assert load_dataset("my_pets", data_root=tmp_path).test == ds.test
+
+
+def test_image_folder_takes_every_decoded_format_in_any_case_and_names_the_rest(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "phone"
+    (root / "cat" / "more").mkdir(parents=True)
+    photo = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    formats = {"a.JPG": "JPEG", "b.Jpeg": "JPEG", "c.PNG": "PNG", "d.webp": "WEBP", "e.WEBP": "WEBP",
+               "f.gif": "GIF", "g.BMP": "BMP", "h.jfif": "JPEG"}
+    for name, kind in formats.items():
+        photo.save(root / "cat" / name, kind)
+    taken = list(formats)
+    photo.save(root / "cat" / "i.tiff", "TIFF")
+    photo.save(root / "cat" / "j.HEIC", "PNG")  # a name not taken, whatever the bytes
+    photo.save(root / "cat" / "more" / "k.jpg", "JPEG")  # subfolders are not searched
+    photo.save(root / "stray.jpg", "JPEG")  # beside the class folders: no class
+    (root / "README.txt").write_text("not named: only images beside the class folders are")
+    with pytest.warns(UserWarning) as caught:
+        ds = load_dataset(root)
+    taken_paths = sorted(i.path for split in (ds.train, ds.val, ds.test) for i in split)
+    assert taken_paths == sorted(str(root / "cat" / name) for name in taken)
+    left_out = [str(root / "stray.jpg"), *(str(root / "cat" / n) for n in ("i.tiff", "j.HEIC")), str(root / "cat" / "more") + "/"]
+    assert ds.source.left_out == left_out
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(
+        f"phone: 4 entries of {root} left out (1 .jpg, 1 .tiff, 1 .heic, 1 folder): stray.jpg, cat/i.tiff, "
+        "cat/j.HEIC, cat/more/. Only JPEG, PNG, GIF, BMP or WebP files are taken, by name (.jpg, "
+    ), message
+    assert "Convert images of other formats to PNG, e.g. with Pillow: `python -c" in message
+    # Every taken image decodes (the image check passes), and the refused TIFF says how to convert it.
+    assert find_corrupt_images(taken_paths) == []
+    ((_, reason),) = find_corrupt_images([str(root / "cat" / "i.tiff")])
+    assert reason.startswith("a TIFF file, which TensorFlow's decoder cannot read (it reads JPEG, PNG, GIF, BMP or WebP): convert it to PNG")
 
 
 def test_image_folder_with_split_folders_and_split_file(tmp_path):
@@ -196,5 +235,8 @@ def test_image_folder_with_split_folders_and_split_file(tmp_path):
 def test_empty_class_folder_is_refused(tmp_path):
     write_class_folders(tmp_path / "mine", {"cat": 2, "dog": 2})
     (tmp_path / "mine" / "owl").mkdir()
-    with pytest.raises(ValueError, match=r"class folder .*owl holds no images .*remove it"):
+    with pytest.raises(ValueError, match=r"class folder .*owl holds no images .*: remove it"):
+        load_dataset(tmp_path / "mine")
+    (tmp_path / "mine" / "owl" / "0.tif").write_bytes(b"II*\x00")
+    with pytest.raises(ValueError, match=r"owl holds no images .*\(it holds 1 other entry, e.g. .*0.tif; convert"):
         load_dataset(tmp_path / "mine")

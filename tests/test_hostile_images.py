@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import struct
 import subprocess
 import threading
@@ -89,6 +90,33 @@ def gif_frames_bomb(path, frames=2, side=7000):
     """A 1 x 1 GIF canvas with large frames: the decoder holds every frame."""
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, side, side, 0) + b"\x02\x02\x4c\x01\x00"
     path.write_bytes(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + bytes(6) + frame * frames + b";")
+    return path
+
+
+def webp_bomb(path, extended=False, side=16000):
+    """A WebP header declaring side x side pixels (above PIL's bound), lossless or extended, a few bytes long."""
+    bits = (side - 1) | ((side - 1) << 14)
+    lossless = b"VP8L" + struct.pack("<I", 69) + bytes([0x2F]) + struct.pack("<I", bits) + bytes(64)
+    chunk = lossless
+    if extended:  # the canvas declared in a VP8X chunk before a small bitstream
+        chunk = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (side - 1).to_bytes(3, "little") * 2 + lossless
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk)
+    return path
+
+
+def animated_webp(path):
+    """Two RGB frames: TensorFlow decodes such an animation into a buffer too small for it."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((8, 8, 3), value, np.uint8)) for value in (0, 255)]
+    frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    assert path.read_bytes()[12:16] == b"VP8X" and path.read_bytes()[20] & 0x02  # the animation flag
+    return path
+
+
+def jpeg_xl(path):
+    """The start of a JPEG XL codestream: TensorFlow would decode it, and nothing here bounds its size."""
+    path.write_bytes(b"\xff\x0a" + bytes(64))
     return path
 
 
@@ -179,19 +207,65 @@ def test_hostile_images_stop_the_run_before_it_starts_or_are_skipped(tmp_path, c
     assert len(labels) == 4  # the good test images, every one evaluated
 
 
-def test_the_pipeline_refuses_a_decompression_bomb_before_decoding_it(tmp_path, capfd):
+@pytest.mark.parametrize("name, write", [
+    ("bomb.png", png_bomb),
+    ("animated.webp", animated_webp),  # decoded, it would corrupt the process's memory
+])
+def test_the_pipeline_refuses_a_decompression_bomb_before_decoding_it(tmp_path, capfd, name, write):
     """What a library user meets who builds a pipeline without the run's check."""
     for i in range(2):
         write_image(tmp_path / "c" / "x" / f"{i}.png", seed=i)
-    png_bomb(tmp_path / "c" / "x" / "bomb.png")
+    write(tmp_path / "c" / "x" / name)
     ds = load_dataset(tmp_path / "c")
     items = ds.train + ds.val + ds.test
     with memory_limit():
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode.*bomb\.png.*too many pixels"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"Cannot decode.*{name}.*too many pixels"):
             list(ds.to_tf_dataset("test", 4, training=False, image_size=8, items=items))
         kept = list(ds.to_tf_dataset("test", 4, training=False, image_size=8, items=items, skip_corrupt=True))
     assert sum(len(labels) for _, labels in kept) == 2
-    assert "skipping the image file " + str(tmp_path / "c" / "x" / "bomb.png") in capfd.readouterr().err
+    assert "skipping the image file " + str(tmp_path / "c" / "x" / name) in capfd.readouterr().err
+
+
+def test_the_pipeline_guard_reads_each_formats_declared_size(tmp_path):
+    """The size the graph's guard reads before decoding is the one each header declares."""
+    from PIL import Image
+
+    from cocoop_tf.data.transforms import _read_header
+
+    rgba = np.random.default_rng(0).integers(0, 256, (23, 37, 4), np.uint8)
+    encodings = {"PNG": {}, "GIF": {}, "BMP": {}, "WEBP": {}, "lossless WEBP": {"lossless": True}}
+    for name, options in encodings.items():
+        for mode in ("RGB", "RGBA"):
+            if name in ("GIF", "BMP") and mode == "RGBA":
+                continue
+            path = tmp_path / f"{name}-{mode}".replace(" ", "_")
+            Image.fromarray(rgba, "RGBA").convert(mode).save(path, name.split()[-1], **options)
+            header = _read_header(tf.constant(path.read_bytes()))
+            assert (float(header["pixels"]), bool(header["decodable"])) == (23 * 37, True), path.name
+    for path in (animated_webp(tmp_path / "animated.webp"), jpeg_xl(tmp_path / "x.jpg")):
+        assert not bool(_read_header(tf.constant(path.read_bytes()))["decodable"]), path.name
+    assert float(_read_header(tf.constant(webp_bomb(tmp_path / "b.webp", extended=True).read_bytes()))["pixels"]) == 16000**2
+
+
+def test_image_check_names_webp_bombs_animations_and_foreign_formats(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "photo.jpg", "TIFF")  # misnamed
+    hostile = {
+        webp_bomb(tmp_path / "bomb.webp"): "declares 16000 x 16000 pixels, more than the 89,478,485",
+        webp_bomb(tmp_path / "canvas.webp", extended=True): "declares 16000 x 16000 pixels",
+        animated_webp(tmp_path / "animated.webp"): "an animated WebP, which TensorFlow's decoder cannot read: "
+                                                  "save its first frame as PNG",
+        jpeg_xl(tmp_path / "jpeg_xl.jpg"): "a JPEG XL file, which TensorFlow's decoder cannot read",
+        tmp_path / "photo.jpg": "a TIFF file, which TensorFlow's decoder cannot read (it reads JPEG, PNG, GIF, "
+                                "BMP or WebP): convert it to PNG, e.g. with Pillow",
+    }
+    with memory_limit():
+        found = dict(find_corrupt_images([str(p) for p in hostile]))
+        for path, reason in hostile.items():
+            assert reason in found[str(path)], (path, found[str(path)])
+            with pytest.raises(ValueError, match=re.escape(reason)):
+                load_image(path)
 
 
 def _pets(tmp_path):

@@ -23,6 +23,8 @@ from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.files import write_text
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
+# Where the few-shot shortfall warnings come from, and their registry (see `_warn_shortfall`).
+_SHORTFALLS = {}
 FEW_SHOT_FORMAT = "cocoop_tf.few_shot.v1"
 SUBSETS = ("all", "base", "new")
 
@@ -182,11 +184,14 @@ class ImageDataset:
             return
         names = [f"{self.classnames[label]} ({counts[label]})" for label in short]
         classes = f"{self.subset} classes" if self.subset != "all" else "classes"
-        warnings.warn(
+        # Issued from one place with one registry: the same view read again, or made again
+        # (a run checks its images, then trains), is reported once, as Python reports a
+        # warning once per place.
+        warnings.warn_explicit(
             f"{self.name}: {len(short)} of the {self.num_classes} {classes} have fewer than {wanted} "
             f"{split} images and use all they have ({self.shots}-shot view, seed {self.seed}): "
             f"{', '.join(names[:10])}{f', and {len(names) - 10} more' if len(names) > 10 else ''}.",
-            stacklevel=4,
+            UserWarning, __file__, _FEW_SHOT_LINE, module=__name__, registry=_SHORTFALLS,
         )
 
     @property
@@ -539,3 +544,6 @@ def load_dataset(
         "'tfds:<builder>' for TensorFlow Datasets, or the path of a folder with one "
         "subfolder of images per class."
     )
+
+
+_FEW_SHOT_LINE = ImageDataset.few_shot.__code__.co_firstlineno

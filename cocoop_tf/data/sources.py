@@ -376,7 +376,8 @@ def read_class_folders(image_dir, classnames=None, left_out=None):
         images = list_images(os.path.join(image_dir, folder), others)
         if not images:
             held = (
-                f" (it holds {len(others)} other entries, e.g. {others[0]}; convert images of other "
+                f" (it holds {len(others)} other {'entry' if len(others) == 1 else 'entries'}, e.g. "
+                f"{others[0]}; convert images of other "
                 f"formats to PNG, e.g. with Pillow: {CONVERT_COMMAND})" if others else ""
             )
             raise ValueError(
