@@ -10,6 +10,8 @@ import concurrent.futures
 import http.server
 import json
 import pathlib
+import re
+import shlex
 import sys
 import threading
 
@@ -247,10 +249,15 @@ def test_grpc_client(examples, served, grpc_server, capsys):
     assert "error: Servable not found for request: other" in capsys.readouterr().err  # TF Serving's words
 
 
-def test_tflite_inference_example(examples, served, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def tflite_file(served, tmp_path_factory):
+    return export_tflite(served[0], tmp_path_factory.mktemp("tflite") / "cocoop.tflite")
+
+
+def test_tflite_inference_example(examples, served, tflite_file, capsys, monkeypatch):
     tflite_inference = examples[3]
     model = served[0]
-    path = export_tflite(model, tmp_path / "cocoop.tflite")
+    path = tflite_file
     classify = tflite_inference.TFLiteClassifier(path)  # the size the model declares
     assert classify.image_size == 32 and tflite_inference.TFLiteClassifier(path, image_size=32).image_size == 32
     with pytest.raises(ValueError, match=r"image size 224 \(--image-size\) is not the model's resolution: .*cocoop.tflite takes 32 x 32 images"):
@@ -311,3 +318,31 @@ def test_saved_model_inference_example(examples, served, capsys):
     assert "takes 32 x 32 images" in capsys.readouterr().err
     assert saved_model_inference.main(["--model", str(base / "2"), "--images", *SAMPLES, "--classnames", "a"]) == 2
     assert "error: No SavedModel in" in capsys.readouterr().err
+
+
+def readme_client_commands():
+    """The `python export/<client>.py ...` commands of export/README.md's shell blocks, as written."""
+    blocks = re.findall(r"```bash\n(.*?)```", (EXPORT / "README.md").read_text(encoding="utf-8"), re.S)
+    return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("python export/")]
+
+
+def test_export_readme_commands_run_as_written(examples, served, tflite_file, rest_server, grpc_server,
+                                                tmp_path, monkeypatch, capsys):
+    """Each client command of export/README.md on a 32-pixel export, in a folder laid out as the README's."""
+    modules = {module.__name__: module for module in examples[1:]}
+    (tmp_path / "export" / "models").mkdir(parents=True)
+    (tmp_path / "export" / "models" / "cocoop").symlink_to(served[2])
+    (tmp_path / "cocoop.tflite").symlink_to(tflite_file)
+    (tmp_path / "cat.jpg").symlink_to(SAMPLES[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "instant_clip_tokenizer", None)  # after `pip install -e .` alone
+    servers = {"rest_client": rest_server, "grpc_client": grpc_server}  # the stand-ins' ports
+    commands = readme_client_commands()
+    assert sorted({c[1] for c in commands}) == [f"export/{name}.py" for name in sorted(modules)]
+    for command in commands:
+        name = pathlib.Path(command[1]).stem
+        extra = ["--server", servers[name]] if name in servers else []
+        assert modules[name].main(command[2:] + extra) == 0, (command, capsys.readouterr().err)
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in lines] == ["cat.jpg"], (command, lines)
+        assert "tabby cat" in lines[0] and "golden retriever" in lines[0]
