@@ -64,8 +64,11 @@ def test_few_shot_counts_and_distinct_images(dtd):
 
 def test_shortfall_warning_names_the_classes_and_splits_in_use(dtd):
     """Base-to-new trains the base classes on train images: only those are reported, once."""
-    ds = load_dataset("dtd", data_root=dtd)  # braided (label 2) is base, with 2 train and 1 val images
-    for view in (ds.few_shot(4, seed=1).subsample("base"), ds.subsample("base").few_shot(4, seed=1)):
+    # braided (label 2) is base, with 2 train and 1 val images
+    for compose in (lambda ds: ds.few_shot(4, seed=1).subsample("base"),
+                    lambda ds: ds.subsample("base").few_shot(4, seed=1)):
+        ds = load_dataset("dtd", data_root=dtd)
+        view = compose(ds)
         with pytest.warns(UserWarning) as caught:
             view.train, view.train, view.test, repr(view)
         assert [str(w.message) for w in caught] == [
@@ -73,12 +76,17 @@ def test_shortfall_warning_names_the_classes_and_splits_in_use(dtd):
             "(4-shot view, seed 1): braided (2)."
         ]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new classes have all their images: nothing to say
+        warnings.simplefilter("error")
+        # The same view of the same dataset made again, as a run does to check, then to train: said once.
+        compose(ds).without(["elsewhere.jpg"]).train
+        # The new classes have all their images; a view not read says nothing.
         new = ds.few_shot(4, seed=1).subsample("new")
         new.train, new.val, new.test
-        ds.few_shot(8, seed=1).subsample("base").without([])  # nothing read, nothing said
+        ds.few_shot(8, seed=1).subsample("base").without([])
     with pytest.warns(UserWarning, match=r"1 of the 3 base classes have fewer than 4 val images .*braided \(1\)"):
         ds.few_shot(4, seed=1).subsample("base").val
+    with pytest.warns(UserWarning, match=r"fewer than 4 train images .*seed 2\): braided \(2\)"):
+        ds.few_shot(4, seed=2).subsample("base").train  # another seed: another choice, reported
 
 
 @pytest.mark.filterwarnings("ignore:.*fewer than")

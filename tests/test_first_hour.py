@@ -130,6 +130,7 @@ def test_readme_dataset_snippet_feeds_the_trial_backbones(tmp_path, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 3 pets per class, not 16: the shortfall warning
         exec(compile(snippet, "README.md", "exec"), namespace)
+    assert "clip" in namespace, "README's snippet should load its backbone, to build pipelines at its image_size="
     assert namespace["clip"].vision_encoder.image_shape[0] == 32, "README's snippet loads a trial backbone"
     # A model on random_tiny (mini_clip, the demo's, knows no pet names), of the same resolution.
     model = cocoop_tf.CoOp(cocoop_tf.load_clip("random_tiny"), namespace["base"].classnames)

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import warnings
+import weakref
 
 from cocoop_tf.clip.prompts import clean_classnames
 from cocoop_tf.data.benchmarks import BENCHMARKS
@@ -23,8 +24,8 @@ from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.files import write_text
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
-# Where the few-shot shortfall warnings come from, and their registry (see `_warn_shortfall`).
-_SHORTFALLS = {}
+# The few-shot shortfalls reported, per source (see `ImageDataset._warn_shortfall`).
+_REPORTED_SHORTFALLS = weakref.WeakKeyDictionary()
 FEW_SHOT_FORMAT = "cocoop_tf.few_shot.v1"
 SUBSETS = ("all", "base", "new")
 
@@ -184,15 +185,17 @@ class ImageDataset:
             return
         names = [f"{self.classnames[label]} ({counts[label]})" for label in short]
         classes = f"{self.subset} classes" if self.subset != "all" else "classes"
-        # Issued from one place with one registry: the same view read again, or made again
-        # (a run checks its images, then trains), is reported once, as Python reports a
-        # warning once per place.
-        warnings.warn_explicit(
+        message = (
             f"{self.name}: {len(short)} of the {self.num_classes} {classes} have fewer than {wanted} "
             f"{split} images and use all they have ({self.shots}-shot view, seed {self.seed}): "
-            f"{', '.join(names[:10])}{f', and {len(names) - 10} more' if len(names) > 10 else ''}.",
-            UserWarning, __file__, _FEW_SHOT_LINE, module=__name__, registry=_SHORTFALLS,
+            f"{', '.join(names[:10])}{f', and {len(names) - 10} more' if len(names) > 10 else ''}."
         )
+        # Once per dataset: the same view made again (a run checks its images, then trains
+        # on them) is not reported twice.
+        reported = _REPORTED_SHORTFALLS.setdefault(self.source, set())
+        if message not in reported:
+            reported.add(message)
+            warnings.warn(message, stacklevel=4)
 
     @property
     def train(self):
@@ -295,9 +298,9 @@ class ImageDataset:
         if not paths:
             return self
         chosen = {split: [i for i in items if i.path not in paths] for split, items in self._chosen.items()}
-        return ImageDataset(
-            self.source.without(paths), shots=self.shots, seed=self.seed, subset=self.subset, chosen=chosen
-        )
+        source = self.source.without(paths)
+        _REPORTED_SHORTFALLS[source] = _REPORTED_SHORTFALLS.setdefault(self.source, set())
+        return ImageDataset(source, shots=self.shots, seed=self.seed, subset=self.subset, chosen=chosen)
 
     def to_tf_dataset(
         self,
@@ -544,6 +547,3 @@ def load_dataset(
         "'tfds:<builder>' for TensorFlow Datasets, or the path of a folder with one "
         "subfolder of images per class."
     )
-
-
-_FEW_SHOT_LINE = ImageDataset.few_shot.__code__.co_firstlineno
