@@ -213,6 +213,8 @@ def test_image_folder_takes_every_decoded_format_in_any_case_and_names_the_rest(
     assert "Convert images of other formats to PNG, e.g. with Pillow: `python -c" in message
     # Every taken image decodes (the image check passes), and the refused TIFF says how to convert it.
     assert find_corrupt_images(taken_paths) == []
+    with pytest.raises(ValueError, match=r"holds no class folders \(it holds 1 image outside any, e.g. .*more/k.jpg\)"):
+        load_dataset(root / "cat" / "more")  # a folder of images, not of class folders
     ((_, reason),) = find_corrupt_images([str(root / "cat" / "i.tiff")])
     assert reason.startswith("a TIFF file, which TensorFlow's decoder cannot read (it reads JPEG, PNG, GIF, BMP or WebP): convert it to PNG")
 

@@ -24,10 +24,10 @@ from cocoop_tf.data.transforms import check_crop_scale
 from cocoop_tf.files import write_text
 
 DATA_ROOT_VARIABLE = "COCOOP_TF_DATA"
-# The few-shot shortfalls reported, per source (see `ImageDataset._warn_shortfall`).
-_REPORTED_SHORTFALLS = weakref.WeakKeyDictionary()
 FEW_SHOT_FORMAT = "cocoop_tf.few_shot.v1"
 SUBSETS = ("all", "base", "new")
+# The few-shot shortfalls reported, per source (see `ImageDataset._warn_shortfall`).
+_REPORTED_SHORTFALLS = weakref.WeakKeyDictionary()
 
 
 def _safe(name):

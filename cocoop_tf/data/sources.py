@@ -53,10 +53,11 @@ class Source:
         template: the zero-shot prompt template.
         root: the folder that item paths are recorded relative to in
             few-shot files (the image folder).
-        left_out: what the class folders hold that is not taken: files
-            that are not images by their names (`list_images`) and
-            subfolders of class folders, as paths (a folder's with a
-            trailing "/"); they were named in a warning when the source was read.
+        left_out: what class-per-folder layouts hold and do not take, as
+            paths: the class folders' files that are not images by their
+            names and their subfolders (with a trailing "/"; see
+            `list_images`), and images beside the class folders. They were
+            named in a warning when the source was read.
     """
 
     def __init__(self, name, classnames, splits, template=DEFAULT_TEMPLATE, root=None, left_out=()):
@@ -559,8 +560,10 @@ def folder_source(path, split_file=None):
         classnames, items = read_class_folders(path, left_out=left_out)
         splits = split_per_class(items)
     if not classnames:
+        count = f"{len(left_out)} image{'s' if len(left_out) > 1 else ''}"
+        loose = f" (it holds {count} outside any, e.g. {left_out[0]})" if left_out else ""
         raise ValueError(
-            f"{path!r} holds no class folders: expected one subfolder of images per class "
+            f"{path!r} holds no class folders{loose}: expected one subfolder of images per class "
             "(e.g. cat/1.jpg, dog/2.jpg), or pass split_file=."
         )
     warn_left_out(left_out, name, path)
