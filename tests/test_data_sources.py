@@ -167,7 +167,8 @@ def test_image_folder_split_per_class(tmp_path):
     write_class_folders(root, {"dog": 10, "cat": 3, "ant": 5})
     (root / "dog" / "notes.txt").write_text("not an image")
     write_image(root / "dog" / ".hidden.jpg")
-    ds = load_dataset(root)
+    with pytest.warns(UserWarning, match="dog/notes.txt"):
+        ds = load_dataset(root)
     assert ds.name == "my_pets" and ds.classnames == ["ant", "cat", "dog"]
     assert ds.template == "a photo of a {}."
     # 50% / 20% / 30% per class, rounded as CoOp (half to even).
