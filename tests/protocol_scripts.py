@@ -3,7 +3,7 @@
     python protocol_scripts.py resume DATA_ROOT OUTPUT none|resume|kill_in_checkpoint_3|kill_writing_result
     python protocol_scripts.py hold DATA_ROOT OUTPUT -
     python protocol_scripts.py mirrored DATA_ROOT OUTPUT -
-    python protocol_scripts.py worker0|worker1 DATA_ROOT OUTPUT PORT,PORT[,die][,fresh]
+    python protocol_scripts.py worker0|worker1 DATA_ROOT OUTPUT PORT,PORT[,die][,fresh][,promptsrc]
     python protocol_scripts.py wide_prompt DATA_ROOT FILE -
 """
 
@@ -90,8 +90,10 @@ def hold(output):
 DISTRIBUTED = dict(epochs=3, batch_size=4, eval_batch_size=2, eval_shard_size=2)
 
 
-# KgCoOp's loss term and MaPLe's deep prompts in both towers, beside CoCoOp, across replicas.
-MIRRORED_METHODS = dict(methods=["cocoop", "kgcoop", "maple"], prompt_depth=2)
+# KgCoOp's loss term, MaPLe's deep prompts in both towers and PromptSRC's (IVLP's prompts, its
+# three loss terms and the aggregation over epochs, which a GPA mean of 2 spreads over all three),
+# beside CoCoOp, across replicas.
+MIRRORED_METHODS = dict(methods=["cocoop", "kgcoop", "maple", "promptsrc"], prompt_depth=2, gpa_mean=2.0)
 
 
 def mirrored(data_root, output):
@@ -101,11 +103,19 @@ def mirrored(data_root, output):
     train(data_root, os.path.join(output, "two"), **DISTRIBUTED, **MIRRORED_METHODS, strategy="mirrored")
 
 
-def worker_arguments(data_root, output):
-    """The `cocoop-tf train` command of the worker runs, less --strategy (one device: the reference)."""
+def worker_arguments(data_root, output, promptsrc=False):
+    """The `cocoop-tf train` command of the worker runs, less --strategy (one device: the reference).
+
+    `promptsrc`: PromptSRC instead of CoCoOp, with MIRRORED_METHODS' settings (`mirrored`'s
+    one-device run is the reference).
+    """
+    methods = ["--methods", "cocoop"]
+    if promptsrc:
+        methods = ["--methods", "promptsrc", "--prompt-depth", str(MIRRORED_METHODS["prompt_depth"]),
+                   "--gpa-mean", str(MIRRORED_METHODS["gpa_mean"])]
     return [
         "train", "--dataset", "oxford_pets", "--data-root", str(data_root), "--output", str(output),
-        "--backbone", "random_tiny", "--methods", "cocoop", "--seeds", "1", "--shots", "2", "--lr", "0.05",
+        "--backbone", "random_tiny", *methods, "--seeds", "1", "--shots", "2", "--lr", "0.05",
         "--epochs", str(DISTRIBUTED["epochs"]), "--batch-size", str(DISTRIBUTED["batch_size"]),
         "--eval-batch-size", str(DISTRIBUTED["eval_batch_size"]),
         "--eval-shard-size", str(DISTRIBUTED["eval_shard_size"]),
@@ -115,12 +125,15 @@ def worker_arguments(data_root, output):
 def worker(index, data_root, output, option):
     """One of two workers on this machine, through the command line (the user's one-line errors).
 
-    `option` is PORT,PORT[,die][,fresh]: `die` kills worker 1 at the end of epoch 2, `fresh`
-    starts the run without --resume (the command every worker gets first). Environment:
+    `option` is PORT,PORT[,die][,fresh][,promptsrc]: `die` kills worker 1 at the end of epoch 2,
+    `fresh` starts the run without --resume (the command every worker gets first), `promptsrc`
+    trains PromptSRC instead of CoCoOp (see `worker_arguments`). Environment:
     COCOOP_TEST_SLOW_FOLDER=SECONDS waits before the output folder is opened, so the other
     worker gets there first; COCOOP_TEST_KILL=MOMENT kills this worker by SIGKILL at one
     moment of the run: `in_step` (during the first step of epoch 2), `epoch_2` (after epoch 2),
-    `evaluation` (as evaluation starts).
+    `evaluation` (as evaluation starts); COCOOP_TEST_PROMPTS=FOLDER saves the model each job
+    trained on this worker as FOLDER/METHOD_workerINDEX.safetensors (a non-chief writes no
+    file of its own).
     """
     import json
     import signal
@@ -172,6 +185,18 @@ def worker(index, data_root, output, option):
         runner.predict_split = predict_split
     elif kill:
         raise ValueError(f"unknown COCOOP_TEST_KILL {kill!r}")
+    prompts = os.environ.get("COCOOP_TEST_PROMPTS")
+    if prompts:
+        from cocoop_tf.protocols import runner
+
+        train_job = runner.train_job
+
+        def train_and_save(plan, method, *args, **kwargs):
+            model = train_job(plan, method, *args, **kwargs)
+            model.save_prompt(os.path.join(prompts, f"{method}_worker{index}.safetensors"))
+            return model
+
+        runner.train_job = train_and_save
     slow = float(os.environ.get("COCOOP_TEST_SLOW_FOLDER", 0))
     if slow:
         opened = run_folder.RunFolder.__init__
@@ -191,7 +216,7 @@ def worker(index, data_root, output, option):
         coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=len(ports))],
         heartbeat_timeout_in_ms=4000,
     )
-    args = worker_arguments(data_root, output) + ["--strategy", "multi_worker"]
+    args = worker_arguments(data_root, output, promptsrc="promptsrc" in flags) + ["--strategy", "multi_worker"]
     if not ("die" in flags or "fresh" in flags):
         args.append("--resume")
     sys.exit(main(args))

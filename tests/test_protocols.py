@@ -473,9 +473,11 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
                      f"{socket.gethostname()}, which is no longer running"]
 
 
-def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root, tmp_path):
-    """MirroredStrategy on two CPUs (three methods), then two worker processes (one killed, then resumed)."""
-    result = _script("mirrored", data_root, tmp_path, "")  # CoCoOp, KgCoOp and MaPLe
+def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root, tmp_path, monkeypatch):
+    """MirroredStrategy on two CPUs (four methods), then two worker processes training PromptSRC
+    (one killed after epoch 2, then resumed: the chief's weights, optimizer and aggregation sums
+    reach the other worker). CoCoOp across workers is test_workers.py's."""
+    result = _script("mirrored", data_root, tmp_path, "")  # CoCoOp, KgCoOp, MaPLe and PromptSRC
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout and "1 replica(s)" in result.stdout
 
@@ -496,7 +498,7 @@ def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root
 
     predictions = same_as_one_device(tmp_path / "two")
     assert len(set(predictions["predicted"])) > 1  # a comparison that could fail
-    for method in ("kgcoop", "maple"):
+    for method in ("kgcoop", "maple", "promptsrc"):  # their loss terms counted once across replicas
         same_as_one_device(tmp_path / "two", method)
 
     # Two workers on loopback; worker 1 writes into a folder of its own, which must stay empty.
@@ -511,16 +513,23 @@ def test_two_replicas_and_two_workers_train_and_evaluate_as_one_device(data_root
         out, err = chief.communicate(timeout=300)
         return subprocess.CompletedProcess(chief.args, chief.returncode, out, err), other
 
-    chief, other = workers(ports + ",die")
+    monkeypatch.setenv("COCOOP_TEST_PROMPTS", str(tmp_path / "trained"))  # what each worker trained
+    (tmp_path / "trained").mkdir()
+    chief, other = workers(ports + ",promptsrc,die")
     assert other.returncode == -9, other.stderr[-3000:]
     assert chief.returncode != 0 and "Lost contact with worker 1 of the cluster" in chief.stderr, chief.stderr[-3000:]
     assert "start every worker again with the same command and --resume" in chief.stderr
-    chief, other = workers(ports)
+    assert not list((tmp_path / "trained").iterdir())  # worker 1 died in epoch 2
+    chief, other = workers(ports + ",promptsrc")
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
-    assert "2 replica(s)" in chief.stdout and "resumed after epoch 2" in chief.stdout
-    assert "resumed after epoch 2 from the chief" in other.stdout
+    assert "2 replica(s)" in chief.stdout and "PromptSRC, seed 1\n  training on" in chief.stdout
+    assert "resumed after epoch 2" in chief.stdout and "resumed after epoch 2 from the chief" in other.stdout
     assert "retracing" not in chief.stderr + other.stderr  # gathering shards traces once
-    same_as_one_device(tmp_path / "cluster")
+    same_as_one_device(tmp_path / "cluster", "promptsrc")  # its weights decide: it predicts one class
+    # Worker 1 ended with the chief's aggregated prompt: it started epoch 3 from the chief's sums.
+    mine = {w: load_file(tmp_path / "trained" / f"promptsrc_worker{w}.safetensors") for w in (0, 1)}
+    for name in mine[0]:
+        np.testing.assert_array_equal(mine[1][name], mine[0][name], err_msg=name)
     assert not (tmp_path / "worker1").exists()  # only the chief writes
 
 
