@@ -3,26 +3,59 @@
 All models take RGB images as pixel values 0..255, shape
 `[batch, size, size, 3]` at the backbone's resolution, and normalise them
 inside the graph.
+
+`import cocoop_tf` is light: the names below load their modules (and
+TensorFlow) on first use, quietly, and Keras learns our classes as soon as
+it is loaded (see `cocoop_tf/import_hooks.py`), so `import cocoop_tf` before
+`keras.saving.load_model` is enough to load a saved model.
 """
 
-from cocoop_tf.native_stderr import import_tensorflow
-
-import_tensorflow()
-
-from cocoop_tf import export  # noqa: E402
-from cocoop_tf.clip import load_clip  # noqa: E402
-from cocoop_tf.clip import tokenize  # noqa: E402
-from cocoop_tf.clip import tokenize_classnames  # noqa: E402
-from cocoop_tf.models import CoCoOp  # noqa: E402
-from cocoop_tf.models import CoOp  # noqa: E402
-from cocoop_tf.models import IVLP  # noqa: E402
-from cocoop_tf.models import KgCoOp  # noqa: E402
-from cocoop_tf.models import MaPLe  # noqa: E402
-from cocoop_tf.models import PromptSRC  # noqa: E402
-from cocoop_tf.models import ZeroShotCLIP  # noqa: E402
-from cocoop_tf.training import paper_optimizer  # noqa: E402
-
-# Last, after the core it builds on: registers the demo's backbone and dataset.
-from cocoop_tf import demo  # noqa: E402, F401
+import importlib
 
 __version__ = "0.1.0"
+
+from cocoop_tf import import_hooks  # noqa: E402
+from cocoop_tf import native_stderr  # noqa: E402
+
+import_hooks.install()
+
+# Registers the demo's backbone and dataset names; the demo's modules load when used.
+from cocoop_tf import demo  # noqa: E402, F401
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "load_clip": "cocoop_tf.clip.loader",
+    "tokenize": "cocoop_tf.clip.tokenizer",
+    "tokenize_classnames": "cocoop_tf.clip.prompts",
+    "CoCoOp": "cocoop_tf.models",
+    "CoOp": "cocoop_tf.models",
+    "IVLP": "cocoop_tf.models",
+    "KgCoOp": "cocoop_tf.models",
+    "MaPLe": "cocoop_tf.models",
+    "PromptSRC": "cocoop_tf.models",
+    "ZeroShotCLIP": "cocoop_tf.models",
+    "paper_optimizer": "cocoop_tf.training",
+}
+_SUBPACKAGES = ("clip", "data", "demo", "export", "layers", "models", "protocols", "training")
+
+__all__ = [*_EXPORTS, *_SUBPACKAGES]
+
+
+def __getattr__(name):
+    """Loads a public name's module on first use (PEP 562)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
+
+
+# Keras (TensorFlow) imported first: it can only learn our classes now.
+import_hooks.register_with_keras()
+native_stderr.query_devices()

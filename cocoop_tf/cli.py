@@ -1,17 +1,79 @@
-"""The `cocoop-tf` command line."""
+"""The `cocoop-tf` command line.
+
+Arguments are parsed, and help and argument errors printed, before
+TensorFlow is imported: the names the parsers show and check come from
+`cocoop_tf.catalog`, and each command imports what it runs.
+"""
 
 import argparse
+import difflib
 import errno
 import os
 import signal
 import sys
+import textwrap
 import threading
 import warnings
 
-import tensorflow as tf  # started quietly by cocoop_tf/__init__.py
+from cocoop_tf import __version__
+from cocoop_tf import catalog
+from cocoop_tf.data.benchmarks import find_benchmark
+from cocoop_tf.native_stderr import import_tensorflow
 
-from cocoop_tf.models import method_names
-from cocoop_tf.protocols.protocol import get_protocol
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviated flags, whose errors are one line ending with where help is."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help)\n")
+
+
+def _unknown(kind, value, names):
+    """`unknown method 'cocop'; did you mean cocoop?`, or the names when none is close."""
+    close = difflib.get_close_matches(value.lower(), names, n=1)
+    if close:
+        return f"unknown {kind} {value!r}; did you mean {close[0]}?"
+    return f"unknown {kind} {value!r}; the {kind}s are {', '.join(names)}"
+
+
+def _one_of(kind, names):
+    """An argparse `type`: one of `names`, or an error that suggests the nearest."""
+
+    def check(value):
+        if value not in names:
+            raise argparse.ArgumentTypeError(_unknown(kind, value, names))
+        return value
+
+    check.__name__ = kind  # argparse names the type in its own messages
+    return check
+
+
+def _choices(kind, names):
+    """`add_argument` keywords for one of a few `names`, shown as {a,b} in the usage."""
+    return {"type": _one_of(kind, names), "metavar": "{" + ",".join(names) + "}"}
+
+
+def _listed(names):
+    return ", ".join(names)
+
+
+def _backbone_help():
+    """What --backbone takes, with the names `load_clip` knows."""
+    named = catalog.named_backbones()
+    random = [name for name in catalog.RANDOM_BACKBONES if name in named]
+    others = [f"{name} ({description})" for name, description in named.items() if name not in random]
+    return (
+        "CLIP source: keras-hub preset name (e.g. clip_vit_base_patch16) or folder, Hugging Face "
+        "CLIPModel folder, OpenAI .pt/.safetensors file, or a name: "
+        f"{_listed(others + [' / '.join(random) + ' (random weights, for tests)'])}"
+    )
+
+
+def _dataset_help(what="dataset"):
+    return f"{what}: {_listed(catalog.dataset_names())}, tfds:<builder>, or image folder"
 
 
 def _add_zeroshot(subparsers):
@@ -20,13 +82,7 @@ def _add_zeroshot(subparsers):
         help="classify images with zero-shot CLIP",
         description="Zero-shot CLIP: ranks the class names for each image.",
     )
-    parser.add_argument(
-        "--backbone", required=True,
-        help="CLIP source: keras-hub preset name (e.g. clip_vit_base_patch16) or folder, "
-        "Hugging Face CLIPModel folder, OpenAI .pt/.safetensors file, mini_clip (the "
-        "demo's small CLIP, bundled: it knows only the demo's words), or random_tiny / "
-        "random_vit_b16 (random weights, for tests)",
-    )
+    parser.add_argument("--backbone", required=True, help=_backbone_help())
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--classnames", nargs="+", help="class names")
     names.add_argument("--classnames-file", help="text file, one class name per line")
@@ -87,7 +143,7 @@ def _add_export(subparsers):
         help="a .keras file (model.save) or a .safetensors prompt checkpoint "
         "(model.save_prompt, with --backbone)",
     )
-    parser.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    parser.add_argument("--format", required=True, **_choices("format", ["saved_model", "tflite"]))
     parser.add_argument(
         "--output", required=True,
         help="saved_model: the model's base folder (TF Serving's base_path); "
@@ -98,15 +154,16 @@ def _add_export(subparsers):
         "--overwrite", action="store_true", help="replace an existing version or .tflite file"
     )
     parser.add_argument(
-        "--quantize", choices=["dynamic", "float16"],
+        "--quantize", **_choices("quantization", ["dynamic", "float16"]),
         help="tflite only: dynamic-range (int8 weights) or float16 weights",
     )
     parser.add_argument(
         "--backbone", help="prompt checkpoints: the CLIP source it was trained on (see zeroshot)"
     )
     parser.add_argument(
-        "--method", choices=method_names(learns=True),
-        help="prompt checkpoints: the method (default: the one recorded in the file)",
+        "--method", type=_one_of("method", catalog.method_names(learns=True)), metavar="METHOD",
+        help=f"prompt checkpoints: the method, {_listed(catalog.method_names(learns=True))} "
+        "(default: the one recorded in the file)",
     )
     parser.add_argument(
         "--force", action="store_true",
@@ -151,11 +208,11 @@ def _add_run_options(parser, protocol, training=True):
     parser.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     parser.add_argument("--backbone", help="CLIP source (see zeroshot --help)")
     parser.add_argument("--data-root", help="folder holding the datasets (CoOp's $DATA)")
-    methods_default = get_protocol(protocol).default_methods()
     if training:
         parser.add_argument(
-            "--methods", nargs="+", choices=method_names(),
-            help=f"methods to run (default: {' '.join(methods_default)})",
+            "--methods", nargs="+", type=_one_of("method", catalog.method_names()), metavar="METHOD",
+            help=f"methods to run: {_listed(catalog.method_names())} "
+            f"(default: {' '.join(catalog.PROTOCOLS[protocol].default_methods)})",
         )
         _add_training_options(parser)
     parser.add_argument(
@@ -172,11 +229,11 @@ def _add_run_options(parser, protocol, training=True):
         help="leave unreadable images out, naming each (default: stop before the run starts)",
     )
     parser.add_argument(
-        "--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+        "--precision", **_choices("precision", ["float32", "mixed_float16", "mixed_bfloat16"]),
         help="compute precision (default: float32)",
     )
     parser.add_argument(
-        "--strategy", choices=["mirrored", "multi_worker", "tpu"],
+        "--strategy", **_choices("strategy", ["mirrored", "multi_worker", "tpu"]),
         help="tf.distribute strategy; the global batch is split across replicas",
     )
     parser.add_argument("--tpu", help="TPU name or address for --strategy tpu")
@@ -193,14 +250,10 @@ def _add_run_options(parser, protocol, training=True):
         "--no-jit-compile", dest="jit_compile", action="store_false", default=None,
         help="train (and evaluate what is trained here) without XLA",
     )
-    parser.set_defaults(methods_default=methods_default)
 
 
 def _paper_defaults(setting):
-    from cocoop_tf.protocols.config import method_settings
-
-    values = {m: method_settings({}, m)[setting] for m in method_names(learns=True)}
-    return ", ".join(f"{value} for {m}" for m, value in values.items())
+    return ", ".join(f"{getattr(m, setting)} for {m.name}" for m in catalog.METHODS if m.learns)
 
 
 def _add_training_options(parser):
@@ -276,18 +329,19 @@ def _add_training_options(parser):
     )
 
 
-_PROTOCOL_FLAGS = {"output", "resume", "config", "command", "run", "methods_default",
-                   "dataset", "source", "targets", "subset", "prompts", "default_targets", "force"}
+_PROTOCOL_FLAGS = {"output", "resume", "config", "command", "run",
+                   "dataset", "source", "targets", "subset", "prompts", "force"}
 
 
 def _config(args, extra_keys=()):
     from cocoop_tf.protocols import make_config
     from cocoop_tf.protocols import read_config_file
+    from cocoop_tf.protocols.protocol import get_protocol
 
     file_values = read_config_file(args.config) if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if k not in _PROTOCOL_FLAGS}
-    if getattr(args, "methods_default", None) and "methods" not in file_values:
-        overrides["methods"] = overrides.get("methods") or args.methods_default
+    if "methods" not in file_values:
+        overrides["methods"] = overrides.get("methods") or get_protocol(args.command).default_methods()
     config, extra = make_config(file_values, overrides, known_extra=extra_keys)
     for key in extra_keys:
         if getattr(args, key, None) is not None:
@@ -309,7 +363,7 @@ def _add_base2new(subparsers):
         "default) and evaluates on the base and the new classes' test images; "
         "reports Base, New and H per method, averaged over seeds.",
     )
-    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
+    parser.add_argument("--dataset", help=_dataset_help())
     _add_run_options(parser, "base2new")
     parser.set_defaults(run=run_base2new)
 
@@ -327,28 +381,31 @@ def run_base2new(args):
 
 
 def _add_transfer(subparsers, protocol, help):
-    default_targets = list(get_protocol(protocol).default_targets)
+    defaults = catalog.PROTOCOLS[protocol]
     parser = subparsers.add_parser(
         protocol, help=help,
         description=f"{help[0].upper()}{help[1:]}: trains on all classes of the source "
         "dataset and evaluates on its test split and on each target dataset.",
     )
     parser.add_argument(
-        "--source", help=f"training dataset (default: {get_protocol(protocol).default_source})"
+        "--source", help=f"{_dataset_help('training dataset')} (default: {defaults.default_source})"
     )
     parser.add_argument(
-        "--targets", nargs="+", help=f"evaluation datasets (default: {' '.join(default_targets)})"
+        "--targets", nargs="+",
+        help=f"evaluation datasets, as --source (default: {' '.join(defaults.default_targets)})",
     )
     _add_run_options(parser, protocol)
-    parser.set_defaults(run=run_transfer, default_targets=default_targets)
+    parser.set_defaults(run=run_transfer)
 
 
 def run_transfer(args):
     from cocoop_tf.protocols import run_protocol
+    from cocoop_tf.protocols.protocol import get_protocol
 
     config, extra = _config(args, ("source", "targets"))
-    source = extra.get("source") or get_protocol(args.command).default_source
-    targets = extra.get("targets") or args.default_targets
+    protocol = get_protocol(args.command)
+    source = extra.get("source") or protocol.default_source
+    targets = extra.get("targets") or protocol.default_targets
     run_protocol(
         args.command, config, args.output, source=source, subset="all",
         evaluations=[(source, "all")] + [(target, "all") for target in targets],
@@ -365,8 +422,8 @@ def _add_train(subparsers):
         "the prompt checkpoint runs/<method>_seed<seed>/prompt.safetensors, and reports "
         "test accuracy on the same classes.",
     )
-    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
-    parser.add_argument("--subset", choices=["all", "base"], help="classes to train on (default: all)")
+    parser.add_argument("--dataset", help=_dataset_help())
+    parser.add_argument("--subset", **_choices("subset", ["all", "base"]), help="classes to train on (default: all)")
     _add_run_options(parser, "train")
     parser.set_defaults(run=run_train)
 
@@ -392,8 +449,8 @@ def _add_evaluate(subparsers):
         "zero-shot CLIP without them, on the test split of a dataset's classes. A prompt "
         "brings the settings it was trained with; results.md states them.",
     )
-    parser.add_argument("--dataset", help="dataset name, tfds:<builder>, or image folder")
-    parser.add_argument("--subset", choices=["all", "base", "new"], help="classes (default: all)")
+    parser.add_argument("--dataset", help=_dataset_help())
+    parser.add_argument("--subset", **_choices("subset", ["all", "base", "new"]), help="classes (default: all)")
     parser.add_argument("--prompts", nargs="+", help="prompt checkpoints (.safetensors)")
     parser.add_argument(
         "--force", action="store_true",
@@ -405,9 +462,10 @@ def _add_evaluate(subparsers):
 
 def run_evaluate(args):
     from cocoop_tf.protocols import run_protocol
+    from cocoop_tf.protocols.protocol import get_protocol
 
     config, extra = _config(args, ("dataset", "subset"))
-    config.methods = args.methods_default  # without --prompts, evaluate is zero-shot CLIP
+    config.methods = get_protocol("evaluate").default_methods()  # without --prompts, evaluate is zero-shot CLIP
     dataset = _required(extra, "dataset", "--dataset")
     run_protocol(
         "evaluate", config, args.output, evaluations=[(dataset, extra.get("subset") or "all")],
@@ -442,12 +500,37 @@ def _read_lines(path):
         return [line.strip() for line in f if line.strip()]
 
 
+def _names_epilog():
+    """The top-level help's closing lines: the methods, datasets and backbones by name."""
+    by_default = " ".join(m.name for m in catalog.METHODS if m.runs_by_default)
+    paragraphs = [
+        f"methods (--methods): {' '.join(catalog.method_names())} ({by_default} run by default)",
+        f"datasets (--dataset, --source, --targets): {' '.join(catalog.dataset_names())}; "
+        "or tfds:<builder>, or a folder with one subfolder of images per class",
+        "backbones (--backbone): a keras-hub CLIP preset (e.g. clip_vit_base_patch16) or folder, "
+        "a Hugging Face CLIPModel folder, an OpenAI .pt/.safetensors file, or "
+        f"{' '.join(catalog.named_backbones())}",
+        "Each command's --help says what it takes, e.g. cocoop-tf base2new --help.",
+    ]
+    return "\n".join(textwrap.fill(p, 88, subsequent_indent="  ") for p in paragraphs)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    """The parser of every command; its `commands` maps each command to its parser."""
+    display_names = [m.display_name for m in catalog.METHODS]
+    parser = _Parser(
         prog="cocoop-tf",
-        description="Conditional prompt learning (CoCoOp, CoOp) for CLIP in Keras.",
+        description=f"Prompt learning for CLIP in Keras: {', '.join(display_names[:-1])} and "
+        f"{display_names[-1]}, with the CoCoOp paper's protocols.",
+        epilog=_names_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="show the version and exit"
+    )
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_demo(subparsers)
     _add_zeroshot(subparsers)
     _add_export(subparsers)
@@ -456,7 +539,85 @@ def build_parser():
     _add_transfer(subparsers, "domain-generalization", "domain generalisation (Table 3)")
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    parser.commands = subparsers.choices
     return parser
+
+
+def _flags(parser):
+    """The parser's flags (argparse keeps its actions in `_actions`, unexported but long stable)."""
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def _unrecognized(arguments, parser):
+    """`unrecognized argument --bakcbone; did you mean --backbone?`, for `parser`'s flags."""
+    # After an unknown flag, what follows is taken for its value.
+    named = [argument for argument in arguments if argument.startswith("-")] or arguments
+    flags = [flag for flag in _flags(parser) if flag.startswith("--")]
+    clauses = []
+    for argument in named:
+        given = argument.split("=", 1)[0]
+        starting = [flag for flag in flags if flag.startswith(given)] if given.startswith("--") else []
+        close = starting if len(starting) == 1 else difflib.get_close_matches(given, flags, n=1)
+        clauses.append((given, close[0] if close and given.startswith("-") else None))
+    if len(clauses) == 1:
+        given, close = clauses[0]
+        return f"unrecognized argument {given}" + (f"; did you mean {close}?" if close else "")
+    return "unrecognized arguments " + ", ".join(
+        given + (f" (did you mean {close}?)" if close else "") for given, close in clauses
+    )
+
+
+def _mistyped_dataset(value, args):
+    """Whether `value` can only be a misspelt dataset name: a near name, not tfds:, not a folder."""
+    if (
+        value.startswith("tfds:") or os.sep in value or "/" in value or value.startswith((".", "~"))
+        or find_benchmark(value) is not None or value in catalog.dataset_names()
+        or args.config  # a config file may name the data root that holds a folder of this name
+    ):
+        return False
+    roots = ["."] + ([args.data_root] if args.data_root else [])
+    if any(os.path.isdir(os.path.join(root, value)) for root in roots):
+        return False
+    return bool(difflib.get_close_matches(value.lower(), catalog.dataset_names(), n=1))
+
+
+def _unknown_flags(arguments, parser):
+    """The arguments that look like flags (`--name`, `--name=value`) and are not `parser`'s."""
+    flags = _flags(parser)
+    return [a for a in arguments if a.startswith("--") and a != "--" and a.split("=", 1)[0] not in flags]
+
+
+def parse_arguments(argv=None):
+    """The parsed command line; help, --version and argument errors exit here, before TensorFlow.
+
+    A mistyped flag is named before a missing one, so the error points at the typo.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
+    # The top level takes only flags without values, so the first other argument is the command.
+    at = next((i for i, argument in enumerate(argv) if not argument.startswith("-")), len(argv))
+    unknown = _unknown_flags(argv[:at], parser)
+    if unknown:
+        parser.error(_unrecognized(unknown, parser))
+    if at < len(argv) and argv[at] not in parser.commands:
+        parser.error(_unknown("command", argv[at], list(parser.commands)))
+    if at < len(argv):
+        unknown = _unknown_flags(argv[at + 1:], parser.commands[argv[at]])
+        if unknown:
+            parser.commands[argv[at]].error(_unrecognized(unknown, parser.commands[argv[at]]))
+    args, unknown = parser.parse_known_args(argv)
+    subparser = parser.commands[args.command]
+    if unknown:
+        subparser.error(_unrecognized(unknown, subparser))
+    for flag in ("--dataset", "--source", "--targets"):
+        values = getattr(args, flag[2:], None)
+        for value in [values] if isinstance(values, str) else values or []:
+            if _mistyped_dataset(value, args):
+                subparser.error(f"argument {flag}: {_unknown('dataset', value, catalog.dataset_names())}")
+    return args
 
 
 def _one_line_warnings(command):
@@ -477,19 +638,20 @@ def _terminate(signum, frame):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     _one_line_warnings(args.command)
     # SIGTERM stops the command as Ctrl-C does: files being written are removed (no staging
     # file is left beside its destination) and the user is told how to continue.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        import_tensorflow()  # every command runs TensorFlow; it starts here, quietly
         return args.run(args)
     except KeyboardInterrupt as interrupt:
         if getattr(args, "output", None) and hasattr(args, "resume"):
             print("\nInterrupted; continue with the same command and --resume.", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT)
-    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError, tf.errors.OpError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError, _op_error()) as error:
         # Our errors say what is wrong and how to fix it; a traceback adds nothing.
         print(f"cocoop-tf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
         return 2
@@ -507,9 +669,16 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def _op_error():
+    """TensorFlow's `OpError`: its message says what failed in the graph."""
+    import tensorflow as tf
+
+    return tf.errors.OpError
+
+
 def _one_line(error, args):
     """The error as one line, with the fix for a full disk."""
-    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    text = error.message if isinstance(error, _op_error()) else str(error)
     full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
         "No space left on device" in text
     )

@@ -3,18 +3,41 @@
     ds = load_dataset("oxford_pets", data_root="/data")   # CoOp's layout
     base = ds.few_shot(16, seed=1).subsample("base")
     train = base.to_tf_dataset("train", batch_size=32, training=True)
+
+The names load their modules on first use (PEP 562): the benchmarks'
+names (`benchmarks`) and the registry of named datasets (`named_datasets`)
+cost nothing to import.
 """
 
-from cocoop_tf.data.benchmarks import BENCHMARKS
-from cocoop_tf.data.benchmarks import Benchmark
-from cocoop_tf.data.dataset import ImageDataset
-from cocoop_tf.data.dataset import load_dataset
-from cocoop_tf.data.dataset import sample_few_shot
-from cocoop_tf.data.dataset import subset_labels
-from cocoop_tf.data.named_datasets import register_dataset
-from cocoop_tf.data.sources import Item
-from cocoop_tf.data.transforms import decode_image
-from cocoop_tf.data.transforms import load_image
-from cocoop_tf.data.transforms import random_horizontal_flip
-from cocoop_tf.data.transforms import random_resized_crop
-from cocoop_tf.data.transforms import resize_and_center_crop
+import importlib
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BENCHMARKS": "cocoop_tf.data.benchmarks",
+    "Benchmark": "cocoop_tf.data.benchmarks",
+    "ImageDataset": "cocoop_tf.data.dataset",
+    "load_dataset": "cocoop_tf.data.dataset",
+    "sample_few_shot": "cocoop_tf.data.dataset",
+    "subset_labels": "cocoop_tf.data.dataset",
+    "register_dataset": "cocoop_tf.data.named_datasets",
+    "Item": "cocoop_tf.data.sources",
+    "decode_image": "cocoop_tf.data.transforms",
+    "load_image": "cocoop_tf.data.transforms",
+    "random_horizontal_flip": "cocoop_tf.data.transforms",
+    "random_resized_crop": "cocoop_tf.data.transforms",
+    "resize_and_center_crop": "cocoop_tf.data.transforms",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

@@ -14,18 +14,33 @@ No public package ships pretrained CLIP weights, so the demo uses its own:
 
 from cocoop_tf.clip.named_backbones import register_backbone
 from cocoop_tf.data.named_datasets import register_dataset
-from cocoop_tf.demo import benchmark
-from cocoop_tf.demo import weights
+
+# The names the demo registers; its modules (and TensorFlow) load when a name is used.
+MINI_CLIP_NAME = "mini_clip"
+BENCHMARK_NAME = "mini_digits_animals"
+
+
+def _load_mini_clip(dtype=None):
+    from cocoop_tf.demo.weights import load_mini_clip
+
+    return load_mini_clip(dtype)
+
+
+def _mini_benchmark_source(data_root=None):
+    from cocoop_tf.demo.benchmark import mini_benchmark_source
+
+    return mini_benchmark_source(data_root)
+
 
 # The core loaders know these names only through the registries, so the core
 # never imports the demo.
 register_backbone(
-    weights.MINI_CLIP_NAME,
-    weights.load_mini_clip,
-    "the demo's small CLIP pretrained on digits and animal silhouettes",
+    MINI_CLIP_NAME,
+    _load_mini_clip,
+    "the demo's small CLIP pretrained on digits and animal silhouettes; it knows only the demo's words",
 )
 register_dataset(
-    benchmark.NAME,
-    benchmark.mini_benchmark_source,
+    BENCHMARK_NAME,
+    _mini_benchmark_source,
     "the demo's 20-class digits and animals benchmark",
 )
