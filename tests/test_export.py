@@ -4,6 +4,10 @@ SavedModels run in a subprocess that can import TensorFlow alone (as TF
 Serving loads them); TFLite models run in the LiteRT interpreter, which has
 no Flex delegate. Both are compared with the Keras model on class sets and
 batch sizes the model never saw in training.
+
+PromptSRC stands for IVLP too: it is IVLP with training terms, and what an
+export serves (`tokenize_classnames`, `encode_images`, `class_features`) is
+IVLP's own code, unchanged.
 """
 
 import json
@@ -87,7 +91,7 @@ def cases(trained):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, clip, trained):
-    """SavedModels of the trained CoCoOp, a CoOp, a KgCoOp, a MaPLe and a zero-shot CLIP."""
+    """SavedModels of the trained CoCoOp, a CoOp, a KgCoOp, a MaPLe, a PromptSRC and a zero-shot CLIP."""
     root = tmp_path_factory.mktemp("serving")
     coop = cocoop_tf.CoOp(clip, ["a", "b"])
     coop.prompt_learner.set_context(np.random.default_rng(2).normal(0, 0.02, (4, 64)))
@@ -96,11 +100,16 @@ def exports(tmp_path_factory, clip, trained):
     maple = cocoop_tf.MaPLe(clip, ["a", "b"], prompt_depth=2)
     for variable in maple.trainable_variables:  # prompts that change both towers' features
         variable.assign(np.asarray(variable) + np.random.default_rng(4).normal(0, 0.1, variable.shape))
+    # Two context vectors ("of a" stays text), vision prompts of their own count and depth.
+    promptsrc = cocoop_tf.PromptSRC(clip, ["a", "b"], n_ctx=2, prompt_depth=2, n_ctx_vision=3, vision_prompt_depth=1)
+    for variable in promptsrc.trainable_variables:
+        variable.assign(np.asarray(variable) + np.random.default_rng(5).normal(0, 0.1, variable.shape))
     models = {
         "cocoop": trained[0],
         "coop": coop,
         "kgcoop": kgcoop,
         "maple": maple,
+        "promptsrc": promptsrc,
         "zeroshot": cocoop_tf.ZeroShotCLIP(clip, ["a"], template="a photo of a {}, a type of pet."),
     }
     return {name: (model, export_saved_model(model, root / name)) for name, model in models.items()}
@@ -262,7 +271,7 @@ def tensorflow_only(tmp_path_factory, exports, cases):
         run.add(name, path, "serving_default", images=cases[0][0], token_ids=token_ids)
         run.add(f"served {name}", path, "serving_default", session=True, images=cases[0][0], token_ids=token_ids)
     images = cases[1][0]
-    for name in ("coop", "kgcoop", "maple", "zeroshot"):
+    for name in ("coop", "kgcoop", "maple", "promptsrc", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
         run.add(name, path, "serving_default", images=images, token_ids=token_ids)
@@ -292,10 +301,12 @@ def test_saved_model_matches_keras_on_new_classes_and_batch_sizes(tensorflow_onl
     assert max_relative_difference(outputs["served like TF Serving/logits"], cases[0][2]) <= 1e-4
 
 
-def test_coop_kgcoop_maple_and_zero_shot_saved_models_serve_cacheable_class_features(tensorflow_only, exports, cases):
+def test_coop_kgcoop_maple_promptsrc_and_zero_shot_saved_models_serve_cacheable_class_features(
+    tensorflow_only, exports, cases
+):
     outputs, errors, _ = tensorflow_only
     images = cases[1][0]
-    for name in ("coop", "kgcoop", "maple", "zeroshot"):
+    for name in ("coop", "kgcoop", "maple", "promptsrc", "zeroshot"):
         model, path = exports[name]
         token_ids = serving_token_ids(model, NEW_CASES[1][1])
         expected = np.asarray(model.classify(images, token_ids if name != "zeroshot" else token_ids[:, None]))
@@ -321,8 +332,14 @@ def test_coop_kgcoop_maple_and_zero_shot_saved_models_serve_cacheable_class_feat
         for message, (first, second) in bad_features.items():
             with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
                 classify(image_features=tf.constant(first), text_features=tf.constant(second))
-    maple = exports["maple"][0]
-    assert not np.allclose(maple.encode_images(images), maple.image_encoder(images), atol=1e-3)  # the prompts count
+    for name in ("maple", "promptsrc"):  # the vision prompts count
+        model = exports[name][0]
+        assert not np.allclose(model.encode_images(images), model.image_encoder(images), atol=1e-3), name
+    # PromptSRC's clients tokenise the words its context leaves as text.
+    info = model_info(exports["promptsrc"][0])
+    assert (info["prompt"], info["n_ctx"], info["max_end_token_index"]) == ("of a {}.", 2, 74)
+    ids = serving_token_ids(exports["promptsrc"][0], ["cup_of_coffee"])
+    np.testing.assert_array_equal(ids, cocoop_tf.tokenize(["of a cup of coffee."]))
 
 
 def test_saved_model_rejects_bad_images(tensorflow_only):
@@ -456,8 +473,8 @@ def test_tflite_fails_on_bad_input_then_serves_again(tflite_models, trained, cas
     assert max_relative_difference(serve(images=images, token_ids=token_ids)["logits"], expected) <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["kgcoop", "maple"])
-def test_kgcoop_and_maple_tflite_serve_new_classes(tmp_path, exports, cases, name):
+@pytest.mark.parametrize("name", ["kgcoop", "maple", "promptsrc"])
+def test_kgcoop_maple_and_promptsrc_tflite_serve_new_classes(tmp_path, exports, cases, name):
     model = exports[name][0]
     path = export_tflite(model, tmp_path / f"{name}.tflite")
     images = cases[1][0]

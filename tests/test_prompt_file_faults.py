@@ -27,12 +27,18 @@ from cocoop_tf.models import read_prompt
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    """Prompt files of three methods on random_tiny (the weights `--backbone random_tiny` loads)."""
+    """Prompt files of five methods on random_tiny (the weights `--backbone random_tiny` loads)."""
     folder = tmp_path_factory.mktemp("prompts")
     clip = cocoop_tf.load_clip("random_tiny", seed=0)
     cocoop_tf.CoCoOp(clip, ["cat", "dog"], reduction=4).save_prompt(folder / "cocoop.safetensors")
     cocoop_tf.CoOp(clip, ["cat", "dog"], class_specific=True).save_prompt(folder / "csc.safetensors")
     cocoop_tf.MaPLe(clip, ["cat", "dog"], prompt_depth=2).save_prompt(folder / "maple.safetensors")
+    cocoop_tf.IVLP(clip, ["cat", "dog"], prompt_depth=2, n_ctx_vision=3, vision_prompt_depth=1).save_prompt(
+        folder / "ivlp.safetensors"
+    )
+    cocoop_tf.PromptSRC(clip, ["cat", "dog"], n_ctx=2, prompt_depth=2, gpa_mean=2.0).save_prompt(
+        folder / "promptsrc.safetensors"
+    )
     write_class_folders(folder / "images", {"cat": 2, "dog": 2})
     return folder
 
@@ -125,6 +131,14 @@ SETTINGS = {
     "maple_n_ctx": ("maple", dict(config={"n_ctx": 20_000_000}),
                     "n_ctx=20000000 but its context prompt_learner/ctx has shape (2, 64)"),
     "maple_depth": ("maple", dict(config={"prompt_depth": 10**9}), "prompt_depth is 1000000000"),
+    # A billion vision blocks, or as many vision vectors: refused by the tensors' shapes.
+    "ivlp_vision_depth": ("ivlp", dict(config={"vision_prompt_depth": 10**9}),
+                          "vision_prompt_depth=1000000000, so prompt_learner/deep_vision_ctx should have shape "
+                          "(999999999, 3, 'width'), but it is missing"),
+    "ivlp_vision_vectors": ("ivlp", dict(config={"n_ctx_vision": 10**9}),
+                            "so prompt_learner/vision_ctx should have shape (1000000000, 'width')"),
+    "promptsrc_weight": ("promptsrc", dict(config={"text_loss_weight": float("nan")}),
+                         "text_loss_weight (--text-loss-weight) must be a finite number >= 0"),
     "reduction_zero": ("cocoop", dict(config={"reduction": 0}), "reduction (--reduction) must be a whole number"),
     # A CoCoOp config under the name CoOp: Keras said "Unrecognized keyword arguments".
     "other_method": ("cocoop", dict(metadata={"method": "CoOp"}),
@@ -150,6 +164,49 @@ def test_a_prompt_of_another_method_names_the_flag_to_use(prompts, capsys):
         *_export(capsys, prompts / "cocoop.safetensors", "--method", "coop"),
         "holds a CoCoOp prompt, not a CoOp one", "--method cocoop, or no --method",
     )
+    # IVLP and PromptSRC prompts hold the same tensors: the method recorded decides.
+    _one_line(
+        *_export(capsys, prompts / "ivlp.safetensors", "--method", "promptsrc"),
+        "holds an IVLP prompt, not a PromptSRC one: load it with IVLP.from_prompt", "--method ivlp, or no --method",
+    )
+    _one_line(
+        *_export(capsys, prompts / "promptsrc.safetensors", "--method", "ivlp"),
+        "holds a PromptSRC prompt, not an IVLP one", "--method promptsrc, or no --method",
+    )
+
+
+def test_ivlp_and_promptsrc_prompts_are_evaluated_and_exported_as_saved(prompts, capsys):
+    """`evaluate --prompts` and `export --model` build each method with the settings its file
+    records (IVLP's export is PromptSRC's: the same loader and serving code)."""
+    import tensorflow as tf
+
+    from cocoop_tf.export import serving_token_ids
+
+    clip = cocoop_tf.load_clip("random_tiny", seed=0)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    path = prompts / "promptsrc.safetensors"
+    saved = cocoop_tf.PromptSRC.from_prompt(clip, path)
+    out = prompts / "exported_promptsrc"
+    code, error = _command(capsys, "export", "--model", path, "--backbone", "random_tiny",
+                           "--format", "saved_model", "--output", out)
+    assert code == 0, error
+    served = tf.saved_model.load(str(out / "1")).signatures["serving_default"]
+    token_ids = serving_token_ids(saved, ["fox", "owl", "cup_of_coffee"])
+    logits = served(images=tf.constant(images), token_ids=tf.constant(token_ids))["logits"]
+    np.testing.assert_allclose(logits, saved.classify(images, token_ids), rtol=1e-4, atol=1e-4)
+    _, metadata = read_prompt(prompts / "promptsrc.safetensors")
+    assert {k: metadata["config"][k] for k in ("n_ctx", "prompt_depth", "n_ctx_vision", "vision_prompt_depth",
+                                               "gpa_mean")} == {
+        "n_ctx": 2, "prompt_depth": 2, "n_ctx_vision": 4, "vision_prompt_depth": 2, "gpa_mean": 2.0}
+    assert cocoop_tf.PromptSRC.from_prompt(clip, prompts / "promptsrc.safetensors").fixed_words == "of a"
+    out = prompts / "evaluated"
+    code, error = _command(capsys, "evaluate", "--dataset", prompts / "images", "--backbone", "random_tiny",
+                           "--prompts", prompts / "ivlp.safetensors", prompts / "promptsrc.safetensors",
+                           "--output", out)
+    assert code == 0, error
+    table = (out / "results.md").read_text()
+    assert ("IVLP prompt `" in table and "| IVLP |" in table and "| PromptSRC |" in table
+            and "PromptSRC prompt `" in table)
 
 
 # --- damaged files -------------------------------------------------------------------

@@ -20,7 +20,7 @@ def serving_functions(model, dynamic_image_shape=False):
       every model, built on `model.classify`: any class set, given as ids.
     - `image_features(images) -> {image_features}`: normalised CLIP features.
     - Models whose class features do not depend on the image (zero-shot
-      CLIP, CoOp: `image_conditional` False):
+      CLIP, CoOp, KgCoOp, MaPLe, IVLP, PromptSRC: `image_conditional` False):
       `text_features(token_ids) -> {text_features}` (normalised),
       and `classify_features(image_features, text_features) -> {logits,
       probabilities}`, so that a client can cache the features of a class set.
@@ -131,7 +131,9 @@ def serving_token_ids(model, classnames):
 
     `model.tokenize_classnames(names)`: for CoOp and CoCoOp
     `cocoop_tf.tokenize_classnames(names)`, the ids of `"{name}."`; for
-    MaPLe those of `"of a {name}."` (the context words it keeps as text);
+    MaPLe, IVLP and PromptSRC those of `"{fixed words} {name}."`, the words
+    of `ctx_init` after its first `n_ctx` tokens, which stay text (MaPLe's
+    2 vectors: `"of a {name}."`; IVLP's and PromptSRC's 4: `"{name}."`);
     for zero-shot CLIP the ids of its template filled with each name. Rows
     are `[SOS] tokens [EOS] 0...`, int32 `[C, context_length]`.
 

@@ -134,7 +134,7 @@ def model_for_prompt(cls, clip, path, classnames=None, force=False, **kwargs):
         recorded = METHODS.get(_method_name(metadata["method"]))
         how = f" (on the command line: --method {recorded.method}, or no --method)" if recorded else ""
         raise ValueError(
-            f"{str(path)!r} holds a {metadata['method']} prompt, not a {cls.__name__} one: load it "
+            f"{str(path)!r} holds {_a(metadata['method'])} prompt, not {_a(cls.__name__)} one: load it "
             f"with {metadata['method']}.from_prompt{how}."
         )
     _check_widths(path, metadata, clip)
@@ -177,6 +177,11 @@ def model_from_prompt(clip, path, classnames=None, force=False):
 # --- checks against the model ------------------------------------------------------
 
 
+def _a(name):
+    """The name with its article: "a CoOp", "an IVLP"."""
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
 def _method_name(class_name):
     return next((name for name, cls in METHODS.items() if cls.__name__ == class_name), None)
 
@@ -200,7 +205,7 @@ def _check_config(cls, path, config, shapes):
             owners = [c.__name__ for c in METHODS.values() if key in _settings_of(c)]
             whose = f"a setting of {' and '.join(owners)}, " if owners else "no setting of any method, "
             raise ValueError(
-                f"Prompt checkpoint {str(path)!r} holds a {cls.__name__} prompt whose config has "
+                f"Prompt checkpoint {str(path)!r} holds {_a(cls.__name__)} prompt whose config has "
                 f"{key}={shown(value)}: {whose}not of {cls.__name__}. {_AGAIN}"
             )
     names = config.get("classnames")
@@ -227,8 +232,8 @@ def _settings_of(cls):
 def _check_fits(model, path, metadata, shapes, force):
     if metadata["method"] != type(model).__name__:
         raise ValueError(
-            f"Prompt checkpoint {str(path)!r} does not fit this model: it holds a "
-            f"{metadata['method']} prompt, this model is a {type(model).__name__}."
+            f"Prompt checkpoint {str(path)!r} does not fit this model: it holds "
+            f"{_a(metadata['method'])} prompt, this model is {_a(type(model).__name__)}."
         )
     _check_widths(path, metadata, model.clip)
     trained_on = metadata.get("backbone")
