@@ -110,9 +110,10 @@ def test_tokenize_classnames_layout_and_room_for_context():
         cocoop_tf.tokenize_classnames([long_name], n_ctx=5)
 
 
-@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp, cocoop_tf.MaPLe])
+@pytest.mark.parametrize("cls", [cocoop_tf.CoCoOp, cocoop_tf.CoOp, cocoop_tf.MaPLe, cocoop_tf.PromptSRC])
 def test_keras_file_round_trip_in_a_clean_process(clip, rng, tmp_path, cls):
-    model = cls(clip, NAMES, **({"prompt_depth": 2} if cls is cocoop_tf.MaPLe else {}))
+    deep = {"prompt_depth": 2, "vision_prompt_depth": 1} if cls is cocoop_tf.PromptSRC else {"prompt_depth": 2}
+    model = cls(clip, NAMES, **(deep if cls in (cocoop_tf.MaPLe, cocoop_tf.PromptSRC) else {}))
     for variable in model.trainable_variables:
         variable.assign(np.asarray(variable) + rng.normal(0, 0.1, variable.shape).astype("float32"))
     images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")
@@ -284,15 +285,26 @@ def test_layers_serialise(layer):
     assert restored.get_config() == layer.get_config()
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_without_nan(colour_task, policy):
+@pytest.mark.parametrize(
+    "policy, method",
+    [("mixed_bfloat16", "cocoop"), ("mixed_float16", "cocoop"), ("mixed_bfloat16", "promptsrc"),
+     ("mixed_float16", "promptsrc")],
+)
+def test_mixed_precision_trains_without_nan(colour_task, policy, method):
     images, labels = colour_task
     keras.mixed_precision.set_global_policy(policy)
     try:
         clip = cocoop_tf.load_clip("random_tiny")
-        model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+        if method == "cocoop":
+            model = cocoop_tf.CoCoOp(clip, NAMES, reduction=4)
+        else:  # its terms against the frozen CLIP, and the aggregation over both epochs
+            model = cocoop_tf.PromptSRC(clip, NAMES, prompt_depth=2, gpa_mean=1.5)
         history = _fit(model, images[::4], labels[::4], lr=0.02, epochs=2)
         assert np.all(np.isfinite(history.history["loss"]))
+        if method == "promptsrc":
+            for term in ("text_l1", "image_l1", "kl"):
+                assert np.all(np.isfinite(history.history[term])) and history.history[term][0] > 0, term
+            assert all(v.dtype == "float32" and np.all(np.isfinite(np.asarray(v))) for v in model.resume_variables)
         if policy == "mixed_float16":
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert model.prompt_learner.ctx.dtype == "float32"  # master weights stay float32
@@ -401,8 +413,10 @@ def test_class_list_checks_are_linear():
         lambda clip, names: cocoop_tf.CoCoOp(clip, names, reduction=4),
         lambda clip, names: cocoop_tf.KgCoOp(clip, names),
         lambda clip, names: cocoop_tf.MaPLe(clip, names, prompt_depth=2),
+        lambda clip, names: cocoop_tf.IVLP(clip, names, prompt_depth=2),
+        lambda clip, names: cocoop_tf.PromptSRC(clip, names, n_ctx=2, prompt_depth=2),
     ],
-    ids=["coop", "coop_csc", "cocoop", "kgcoop", "maple"],
+    ids=["coop", "coop_csc", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc"],
 )
 def test_class_names_the_tokenizer_cannot_tell_apart_are_refused(clip, build):
     message = "class names 'Great Pyrenees' and 'great  pyrenees' are the same text to CLIP's tokenizer"
@@ -436,8 +450,9 @@ def test_train_command_refuses_class_folders_the_tokenizer_cannot_tell_apart(tmp
         lambda clip: cocoop_tf.CoOp(clip, NAMES),
         lambda clip: cocoop_tf.CoCoOp(clip, NAMES, reduction=4),
         lambda clip: cocoop_tf.MaPLe(clip, NAMES, prompt_depth=2),
+        lambda clip: cocoop_tf.PromptSRC(clip, NAMES, prompt_depth=2, vision_prompt_depth=1),
     ],
-    ids=["coop", "cocoop", "maple"],
+    ids=["coop", "cocoop", "maple", "promptsrc"],
 )
 def test_no_images_give_no_rows(clip, build):
     model = build(clip)
