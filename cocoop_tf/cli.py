@@ -36,7 +36,7 @@ def _unknown(kind, value, names):
     close = difflib.get_close_matches(value.lower(), names, n=1)
     if close:
         return f"unknown {kind} {value!r}; did you mean {close[0]}?"
-    return f"unknown {kind} {value!r}; the {kind}s are {', '.join(names)}"
+    return f"unknown {kind} {value!r}; choose from {', '.join(names)}"
 
 
 def _one_of(kind, names):
@@ -62,13 +62,13 @@ def _listed(names):
 
 def _backbone_help():
     """What --backbone takes, with the names `load_clip` knows."""
-    named = catalog.named_backbones()
-    random = [name for name in catalog.RANDOM_BACKBONES if name in named]
-    others = [f"{name} ({description})" for name, description in named.items() if name not in random]
+    by_description = {}
+    for name, description in catalog.named_backbones().items():
+        by_description.setdefault(description, []).append(name)
+    named = [f"{' / '.join(names)} ({description})" for description, names in by_description.items()]
     return (
         "CLIP source: keras-hub preset name (e.g. clip_vit_base_patch16) or folder, Hugging Face "
-        "CLIPModel folder, OpenAI .pt/.safetensors file, or a name: "
-        f"{_listed(others + [' / '.join(random) + ' (random weights, for tests)'])}"
+        f"CLIPModel folder, OpenAI .pt/.safetensors file, or a name: {_listed(named)}"
     )
 
 
@@ -556,9 +556,12 @@ def _unrecognized(arguments, parser):
     clauses = []
     for argument in named:
         given = argument.split("=", 1)[0]
-        starting = [flag for flag in flags if flag.startswith(given)] if given.startswith("--") else []
-        close = starting if len(starting) == 1 else difflib.get_close_matches(given, flags, n=1)
-        clauses.append((given, close[0] if close and given.startswith("-") else None))
+        if not given.startswith("-"):  # a stray value, or a flag without its dashes
+            close = [flag for flag in flags if flag == f"--{given}"]
+        else:
+            starting = [flag for flag in flags if flag.startswith(given)]
+            close = starting if len(starting) == 1 else difflib.get_close_matches(given, flags, n=1)
+        clauses.append((given, close[0] if close else None))
     if len(clauses) == 1:
         given, close = clauses[0]
         return f"unrecognized argument {given}" + (f"; did you mean {close}?" if close else "")
@@ -599,15 +602,13 @@ def parse_arguments(argv=None):
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     # The top level takes only flags without values, so the first other argument is the command.
     at = next((i for i, argument in enumerate(argv) if not argument.startswith("-")), len(argv))
-    unknown = _unknown_flags(argv[:at], parser)
-    if unknown:
-        parser.error(_unrecognized(unknown, parser))
-    if at < len(argv) and argv[at] not in parser.commands:
+    command = parser.commands.get(argv[at]) if at < len(argv) else None
+    if at < len(argv) and command is None:
         parser.error(_unknown("command", argv[at], list(parser.commands)))
-    if at < len(argv):
-        unknown = _unknown_flags(argv[at + 1:], parser.commands[argv[at]])
+    for where, arguments in ((parser, argv[:at]), (command, argv[at + 1:])):
+        unknown = _unknown_flags(arguments, where) if where else []
         if unknown:
-            parser.commands[argv[at]].error(_unrecognized(unknown, parser.commands[argv[at]]))
+            where.error(_unrecognized(unknown, where))
     args, unknown = parser.parse_known_args(argv)
     subparser = parser.commands[args.command]
     if unknown:

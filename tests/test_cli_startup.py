@@ -54,6 +54,7 @@ def test_argument_errors_are_one_line_with_the_help_hint_and_a_suggestion(capsys
         "cocoop-tf train: error: unrecognized arguments --shot (did you mean --shots?), --sedes "
         "(did you mean --seeds?) (cocoop-tf train --help)"
     )
+    assert "unrecognized argument dataset; did you mean --dataset?" in _error(capsys, "base2new", "--output", "o", "dataset")
     assert _error(capsys, "--quiet", "train") == "cocoop-tf: error: unrecognized argument --quiet (cocoop-tf --help)"
     assert _error(capsys, "base2new") == (
         "cocoop-tf base2new: error: the following arguments are required: --output (cocoop-tf base2new --help)"

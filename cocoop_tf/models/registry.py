@@ -4,7 +4,9 @@ A method is a `CLIPClassifier` subclass registered with `@register_method`;
 its class attributes say what the rest of the library needs to know (its
 command-line name `method`, `display_name`, whether it `learns`, the
 `RunConfig` settings it takes). Adding a method is one model file and its
-registration; see the contributors' section of the README.
+registration, and its line in `cocoop_tf/catalog.py`, from which the
+command line lists the methods without importing TensorFlow (a test checks
+the two agree); see the contributors' section of the README.
 """
 
 import keras
