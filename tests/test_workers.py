@@ -148,6 +148,7 @@ def test_two_workers_sharing_one_output_folder_finish_as_one_process(data_root, 
     assert chief.returncode == 0 and other.returncode == 0, chief.stderr[-3000:] + other.stderr[-3000:]
     assert "2 replica(s)" in chief.stdout and "Results in" in chief.stdout
     assert "Results in" not in other.stdout  # only the chief writes
+    assert "retracing" not in chief.stderr + other.stderr  # one traced broadcast serves every value
     one = load_file(tmp_path / "one" / RUN / "prompt.safetensors")
     start = load_file(tmp_path / "one" / RUN / "checkpoints" / "epoch_001.safetensors")
     assert any(not np.allclose(start[k], one[k]) for k in one)  # training moved the weights

@@ -47,19 +47,36 @@ def from_chief(strategy, values):
     values = [np.asarray(v) for v in values]
     if not spans_workers(strategy):
         return values
+    # All values travel as the bytes of one int32 vector: a single traced broadcast per
+    # strategy serves every call (a new trace per call made TensorFlow warn of retracing).
+    chunks = [np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values]
+    data = np.concatenate([np.pad(c, (0, -len(c) % 4)) for c in chunks] or [np.zeros(0, np.uint8)])
+    received = _broadcast_function(strategy)(tf.constant(data.view(np.int32)))
+    received = np.asarray(strategy.experimental_local_results(received)[0]).view(np.uint8)
+    result, offset = [], 0
+    for value, chunk in zip(values, chunks):
+        result.append(received[offset : offset + len(chunk)].view(value.dtype).reshape(value.shape).copy())
+        offset += len(chunk) + (-len(chunk) % 4)
+    return result
 
-    def keep_first(*tensors):
-        context = tf.distribute.get_replica_context()
-        first = tf.equal(context.replica_id_in_sync_group, 0)
-        # A sum over the replicas where all but replica 0 (on the chief) add zeros; one
-        # tensor at a time, as a list would be packed into one tensor of one dtype.
-        return [
-            context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, t, tf.zeros_like(t)))
-            for t in tensors
-        ]
 
-    summed = tf.function(strategy.run)(keep_first, args=tuple(tf.constant(v) for v in values))
-    return [np.asarray(strategy.experimental_local_results(t)[0]) for t in summed]
+def _keep_first(tensor):
+    context = tf.distribute.get_replica_context()
+    first = tf.equal(context.replica_id_in_sync_group, 0)
+    # A sum over the replicas where all but replica 0 (on the chief) add zeros: the bits arrive whole.
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, tensor, tf.zeros_like(tensor)))
+
+
+def _broadcast_function(strategy):
+    """The strategy's traced `_keep_first` (one per strategy, any vector length)."""
+    function = getattr(strategy, "_cocoop_tf_broadcast", None)
+    if function is None:
+        function = tf.function(
+            lambda tensor: strategy.run(_keep_first, args=(tensor,)),
+            input_signature=[tf.TensorSpec([None], tf.int32)],
+        )
+        strategy._cocoop_tf_broadcast = function
+    return function
 
 
 def json_from_chief(strategy, value):
