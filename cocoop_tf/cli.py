@@ -277,6 +277,10 @@ def _add_training_options(parser):
     )
     parser.add_argument("--warmup-lr", type=float, help="warm-up learning rate (default: 1e-5)")
     parser.add_argument(
+        "--keep-checkpoints", **_choices("keep-checkpoints", ["last", "all"]),
+        help="epoch checkpoints kept: the newest two, what --resume needs, or all (default: last)",
+    )
+    parser.add_argument(
         "--n-ctx", type=int,
         help="context vectors (default: ctx-init's words, 4; 2 for maple, whose other words stay text; "
         "4 for ivlp and promptsrc)",

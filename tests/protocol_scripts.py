@@ -87,7 +87,8 @@ def hold(output):
 
 
 # Global batch 4; evaluation in shards of 2 images, so 5 shards are dealt to 2 replicas.
-DISTRIBUTED = dict(epochs=3, batch_size=4, eval_batch_size=2, eval_shard_size=2)
+# Every epoch's checkpoint kept: the tests compare them across devices and count them.
+DISTRIBUTED = dict(epochs=3, batch_size=4, eval_batch_size=2, eval_shard_size=2, keep_checkpoints="all")
 
 
 # KgCoOp's loss term, MaPLe's deep prompts in both towers and PromptSRC's (IVLP's prompts, its
@@ -119,6 +120,7 @@ def worker_arguments(data_root, output, promptsrc=False):
         "--epochs", str(DISTRIBUTED["epochs"]), "--batch-size", str(DISTRIBUTED["batch_size"]),
         "--eval-batch-size", str(DISTRIBUTED["eval_batch_size"]),
         "--eval-shard-size", str(DISTRIBUTED["eval_shard_size"]),
+        "--keep-checkpoints", DISTRIBUTED["keep_checkpoints"],
     ]
 
 

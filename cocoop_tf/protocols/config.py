@@ -86,6 +86,8 @@ class RunConfig:
         strategy: None, "mirrored", "multi_worker" or "tpu".
         tpu: TPU name or address for strategy "tpu" (None: the local TPU).
         data_root: folder with the datasets (CoOp's $DATA).
+        keep_checkpoints: "last" keeps the newest two epochs' checkpoints,
+            what `resume` needs; "all" keeps every epoch's.
     """
 
     backbone: str = None
@@ -124,6 +126,7 @@ class RunConfig:
     strategy: str = None
     tpu: str = None
     data_root: str = None
+    keep_checkpoints: str = "last"
 
     def __post_init__(self):
         self.validate()
@@ -174,6 +177,10 @@ class RunConfig:
         self.crop_scale = list(check_crop_scale(self.crop_scale))
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}.")
+        if self.keep_checkpoints not in ("last", "all"):
+            raise ValueError(
+                f'keep_checkpoints (--keep-checkpoints) must be "last" or "all", got {self.keep_checkpoints!r}.'
+            )
         if not (isinstance(self.jit_compile, bool) or self.jit_compile == "auto"):
             raise ValueError(f"jit_compile must be true, false or \"auto\", got {self.jit_compile!r}.")
         if self.strategy not in (None, *STRATEGIES):

@@ -162,8 +162,20 @@ def markdown_table(results):
     return "\n".join(lines) + "\n"
 
 
-def _training_line(config, method=None):
-    """How a method was trained, in words: the run's settings that decide its numbers."""
+def _shots(shots, used=None):
+    """"16 shots", or with the images per class the runs drew where fewer (`used`: fewest and
+    most), "16 shots (8 per class used: all there were)"."""
+    if not used or used[0] >= shots:
+        return f"{shots} shots"
+    fewest, most = used
+    if fewest == most:
+        return f"{shots} shots ({fewest} per class used: all there were)"
+    return f"{shots} shots ({fewest}-{most} per class used: all there were where fewer)"
+
+
+def _training_line(config, method=None, used=None):
+    """How a method was trained, in words: the run's settings that decide its numbers
+    (`used`: the fewest and most training images per class its runs drew)."""
     ctx_init, n_ctx = config["ctx_init"], config["n_ctx"]
     if not ctx_init:
         context = f"{n_ctx} random vectors"
@@ -187,7 +199,7 @@ def _training_line(config, method=None):
     elif "prompt_depth" in takes:  # MaPLe
         context += f", depth {depth}"
     line = (
-        f"{config['shots']} shots, {config['epochs']} epochs, batch size {config['batch_size']}, "
+        f"{_shots(config['shots'], used)}, {config['epochs']} epochs, batch size {config['batch_size']}, "
         f"lr {config['lr']:g}, context {context}"
     )
     if "text_loss_weight" in takes:  # PromptSRC
@@ -212,15 +224,15 @@ def _settings_lines(results):
     if results["protocol"] != "evaluate":
         seeds = ", ".join(map(str, config["seeds"]))
         lines = {
-            display_name(m): _training_line(method_settings(config, m), m)
+            display_name(m): _training_line(method_settings(config, m), m, _used(results["runs"], m))
             for m in config["methods"] if get_method(m).learns
         }
         if len(set(lines.values())) > 1:  # methods trained with their own papers' settings
             what = "; ".join(f"{name}: {line}" for name, line in lines.items()) + f"; seeds {seeds}"
         else:
             what = f"{next(iter(lines.values()))}, seeds {seeds}" if trained else "zero-shot"
-        return [f"Backbone `{config['backbone']}`, {what}. {accuracy}."]
-    lines = [f"Backbone `{config['backbone']}`. {accuracy}."]
+        return [f"Backbone `{config['backbone']}`, {what}. {_compute(results)}. {accuracy}."]
+    lines = [f"Backbone `{config['backbone']}`. {_compute(results)}. {accuracy}."]
     for run in trained:
         record = run.get("trained")
         if record is None:
@@ -233,6 +245,24 @@ def _settings_lines(results):
             f"{_training_line(record, run['method'])}, backbone `{record['backbone']}`."
         )
     return lines
+
+
+def _used(runs, method):
+    """The fewest and most training images per class a method's runs drew, or None."""
+    drawn = [run["shots_used"] for run in runs if run.get("method") == method and run.get("shots_used")]
+    return [min(d[0] for d in drawn), max(d[1] for d in drawn)] if drawn else None
+
+
+def _compute(results):
+    """The precision and XLA setting the run computed with."""
+    config = results["config"]
+    xla = results.get("xla")
+    if xla is None:  # a results file of an older version
+        return f"Precision {config.get('precision', 'float32')}"
+    how = "on" if xla else "off"
+    if config.get("jit_compile") == "auto":
+        how += " (auto)"
+    return f"Precision {config.get('precision', 'float32')}, XLA {how}"
 
 
 def write_csv(path, results):
@@ -253,7 +283,8 @@ def write_csv(path, results):
 
 
 def plot(path, results):
-    """Grouped bars per evaluation and method, std as error bars, the paper's as markers."""
+    """Grouped bars per evaluation and method, std as error bars, the paper's as markers;
+    returns the `Figure`."""
     # A Figure of its own, not pyplot: no GUI backend is needed, and the
     # caller's backend (a notebook's inline plots) is left alone.
     from matplotlib.figure import Figure
@@ -272,8 +303,9 @@ def plot(path, results):
         errors = [entry[key]["std"] for key, _ in columns]
         x = positions + (i - (len(methods) - 1) / 2) * width
         bars = axes.bar(x, heights, width, yerr=errors, capsize=2, label=display_name(method))
-        for bar, height in zip(bars, heights):
-            axes.annotate(f"{height:.1f}", (bar.get_x() + bar.get_width() / 2, height),
+        for bar, height, error in zip(bars, heights, errors):
+            top = height + (error if np.isfinite(error) else 0)  # above the error bar, not on it
+            axes.annotate(f"{height:.1f}", (bar.get_x() + bar.get_width() / 2, top),
                           ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         paper = published.get(method, {})
         marked = [(xi, paper[key]) for xi, (key, _) in zip(x, columns) if key in paper]
@@ -290,3 +322,4 @@ def plot(path, results):
     image = io.BytesIO()
     figure.savefig(image, format="png")
     write_bytes(path, image.getvalue())  # a full disk leaves no empty results.png
+    return figure

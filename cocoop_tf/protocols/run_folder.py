@@ -18,11 +18,13 @@ was lost is never continued under other settings.
 import json
 import os
 import socket
+import time
 
 from cocoop_tf.files import remove_staging
 from cocoop_tf.files import write_text
 
 RUN_FILE = "run.json"
+LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
 # The JSON files of a run are a few kB; one far larger is not ours and is not read.
 MAX_JSON_BYTES = 64 << 20
@@ -33,6 +35,51 @@ _MEANING = {
     "backbone_weights": "the weights --backbone loads",
     "prompt_files": "the contents of the --prompts files",
 }
+
+
+class RunLog:
+    """The progress lines of a run, shown by `echo` and kept in the run folder's `log.txt`.
+
+    Lines come before the folder is known to be the run's (checking the images, taking the
+    folder): they wait in memory, and `open` writes them first. The file is appended to,
+    across `--resume`, one whole line per write, each after a line saying when the
+    process started. Called as a function, it is a `log`.
+
+    Args:
+        echo: function showing a line (`print`).
+    """
+
+    def __init__(self, echo=print):
+        self.echo = echo
+        self._waiting = []
+        self._descriptor = None
+
+    def __call__(self, line=""):
+        self.echo(line)
+        self.record(line)
+
+    def record(self, line=""):
+        """Keeps a line in the log file alone (the epoch lines not shown)."""
+        if self._descriptor is None:
+            self._waiting.append(str(line))
+            return
+        try:
+            os.write(self._descriptor, (str(line) + "\n").encode("utf-8", "replace"))
+        except OSError:  # a full disk must not stop the run the log is about
+            pass
+
+    def open(self, folder):
+        """Appends to `folder`'s log file from now on, the lines so far first."""
+        self._descriptor = os.open(os.path.join(folder, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        waiting, self._waiting = self._waiting, []
+        self.record(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}, process {os.getpid()} on {socket.gethostname()}")
+        for line in waiting:
+            self.record(line)
+
+    def close(self):
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 class RunFolderError(ValueError):
@@ -57,7 +104,8 @@ class RunFolder:
     Layout: `run.json` (the protocol and settings), `splits/` (the few-shot
     choices), `runs/<method>_seed<seed>/` (per-epoch `checkpoints/`,
     `tensorboard/`, the final `prompt.safetensors`, `predictions/*.npz` and
-    `result.json`), the reports `results.{json,md,csv,png}`, and `.lock`
+    `result.json`), the reports `results.{json,md,csv,png}`, `log.txt` (what
+    the console showed, and every epoch's losses; see `RunLog`), and `.lock`
     while a process works in it. Call `close` when the run ends.
 
     Args:

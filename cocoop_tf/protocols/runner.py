@@ -17,6 +17,7 @@ The output folder holds everything (see `RunFolder`); an interrupted run
 continues with `resume=True`.
 """
 
+import collections
 import dataclasses
 import glob
 import json
@@ -57,17 +58,21 @@ from cocoop_tf.protocols.results import versions
 from cocoop_tf.protocols.results import write_results
 from cocoop_tf.protocols.run_folder import RunFolder
 from cocoop_tf.protocols.run_folder import RunFolderError
+from cocoop_tf.protocols.run_folder import RunLog
 from cocoop_tf.protocols.run_folder import _differences
 from cocoop_tf.protocols.run_folder import read_json
 from cocoop_tf.protocols.training import EPOCH_FILE
 from cocoop_tf.protocols.training import build_model
 from cocoop_tf.protocols.training import train_prompt_model
+from cocoop_tf.protocols.training import uses_xla
 from cocoop_tf.training.workers import json_from_chief
 from cocoop_tf.training.workers import spans_workers
 
 # Settings that change how a test split is predicted, never the predictions: a resumed run may
 # change them, and prompt files do not record them.
 EVALUATION_ONLY = ("eval_batch_size", "eval_shard_size")
+# Settings of what a run keeps on disk, never of its results: a resumed run may change them too.
+STORAGE_ONLY = ("keep_checkpoints",)
 
 
 def _canonical(name):
@@ -89,6 +94,11 @@ class RunPlan:
     skipped: set
     settings: dict
     jobs: list
+    # Filled in as the run goes: whether its steps compile with XLA, and the training images
+    # per class each (method, seed) drew, fewest and most (fewer than --shots where a class
+    # has fewer).
+    xla: bool = None
+    shots_used: dict = dataclasses.field(default_factory=dict)
 
     def few_shot(self, seed, cache_dir=None):
         """The few-shot training view of a seed, without the images left out."""
@@ -131,6 +141,7 @@ def run_protocol(
         The dict written to `results.json` (see `cocoop_tf.protocols.results`).
     """
     started = time.time()
+    log = RunLog(log)
     # The strategy first: a multi-worker one must be made before TensorFlow runs any op
     # (checking the images decodes them), or it fails ("configured at program startup").
     strategy = make_strategy(config.strategy, config.tpu)
@@ -152,7 +163,10 @@ def run_protocol(
             output, plan.settings, resume, write_files=is_chief(), log=log,
             check_files=lambda: check_run_files(plan, output),
         )
+        if folder.write_files:
+            log.open(folder.path)
         image_size = config.image_size or clip.vision_encoder.image_shape[0]
+        plan.xla = uses_xla(config.jit_compile, clip)
         log(
             f"{protocol}: backbone {config.backbone} ({image_size}px), "
             f"{strategy.num_replicas_in_sync} replica(s), precision {config.precision}"
@@ -184,10 +198,14 @@ def run_protocol(
                 else:
                     model = None  # built per test set, on its classes and templates
             run = evaluate_job(plan, method, seed, prompt, model, clip, strategy, folder, run_dir, image_size, log)
+            if (method, seed) in plan.shots_used:
+                run["shots_used"] = plan.shots_used[method, seed]
             if folder.write_files:  # with the settings it belongs to (see check_run_files)
                 write_text(result_file, json.dumps({**run, "settings": plan.settings}, indent=2))
             runs.append(run)
     except BaseException as error:
+        log.record(f"stopped: {type(error).__name__}: {error}")
+        log.close()
         if folder is not None:
             folder.close()
         if spans_workers(strategy) and isinstance(error, LOST_WORKER_ERRORS):
@@ -198,6 +216,7 @@ def run_protocol(
     try:
         return report(plan, runs, folder, started, log)
     finally:
+        log.close()
         folder.close()
 
 
@@ -275,7 +294,7 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
         "prompts": [os.path.abspath(p) for p in prompts],
         "prompt_files": [file_digest(p) for p in prompts],
         "data": {name: data_fingerprint(data, sorted(used), skipped) for name, (data, used) in splits.items()},
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", *EVALUATION_ONLY)},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", *EVALUATION_ONLY, *STORAGE_ONLY)},
     }
     return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
                    settings, jobs)
@@ -285,6 +304,13 @@ def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log
     """Trains one method on one seed's few-shot view; returns the model (its prompt file written)."""
     config = plan.config.for_method(method)
     few_shot = plan.few_shot(seed, os.path.join(folder.path, "splits") if folder.write_files else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        per_class = collections.Counter(item.label for item in few_shot.train)  # warns of short classes
+    for warning in caught:  # shown as before, and kept in the run's log
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        getattr(log, "record", lambda line: None)(f"warning: {warning.message}")
+    plan.shots_used[method, seed] = [min(per_class.values(), default=0), max(per_class.values(), default=0)]
     log(
         f"  training on {config.shots} shots of {few_shot.num_classes} {plan.subset} classes "
         f"of {plan.source} ({len(few_shot.train)} images), {config.epochs} epochs of batch {config.batch_size}"
@@ -296,6 +322,7 @@ def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log
         checkpoint_dir=os.path.join(run_dir, "checkpoints"),
         log_dir=os.path.join(run_dir, "tensorboard"),
         resume=resume, write_files=folder.write_files, training=training, log=log,
+        record=getattr(log, "record", None),
     )
     if folder.write_files:
         model.save_prompt(os.path.join(run_dir, "prompt.safetensors"), training=training)
@@ -351,6 +378,7 @@ def report(plan, runs, folder, started, log=print):
         "summary": summarize(plan.protocol.name, runs, keys, targets),
         "published": plan.protocol.published_numbers(plan.source),
         "seconds": round(time.time() - started, 1),
+        "xla": plan.xla,
     }
     if folder.write_files:
         table = write_results(folder.path, results)
@@ -391,7 +419,7 @@ def training_record(protocol, source, subset, seed, config):
     """What a prompt file records of its training: the protocol, data, seed and settings."""
     settings = {
         k: v for k, v in config.to_dict().items()
-        if k not in ("methods", "seeds", "templates", "data_root", *EVALUATION_ONLY)
+        if k not in ("methods", "seeds", "templates", "data_root", *EVALUATION_ONLY, *STORAGE_ONLY)
     }
     return {"protocol": protocol, "dataset": source, "subset": subset, "seed": seed, **settings}
 

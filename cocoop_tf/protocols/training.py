@@ -6,6 +6,7 @@ import math
 import os
 import re
 import sys
+import time
 
 import keras
 import numpy as np
@@ -56,8 +57,17 @@ def epoch_seed(seed, epoch):
 
 
 def progress_verbosity():
-    """Keras' progress bars in a terminal, one line per epoch in logs."""
-    return 1 if sys.stdout.isatty() else 2
+    """Keras' progress bars in a terminal; elsewhere (a log, a notebook's captured output)
+    none, and `EpochLines` prints a few epoch lines instead."""
+    return 1 if sys.stdout.isatty() else 0
+
+
+# Epoch lines printed per run where there is no progress bar: a 100-epoch recipe on a small
+# folder would otherwise print 100 lines per seed. The run's log file gets every epoch.
+MAX_EPOCH_LINES = 10
+
+# What `EpochCheckpoints` keeps: "last" (the newest whole epoch and the one before it) or "all".
+KEEP_CHECKPOINTS = ("last", "all")
 
 
 # Names of a model's `resume_variables` in the optimizer file: a prefix no optimizer variable has.
@@ -71,7 +81,7 @@ def resume_variables(model):
 
 
 class EpochCheckpoints:
-    """One checkpoint per epoch: the prompt file and the optimizer's state.
+    """A checkpoint after each epoch: the prompt file and the optimizer's state.
 
     `epoch_003.safetensors` is a regular prompt checkpoint (`from_prompt`
     reads it); `epoch_003.optimizer.safetensors` holds the optimizer's
@@ -80,15 +90,24 @@ class EpochCheckpoints:
     prompt aggregation), named `resume_variables/<path in the model>`. A model without
     any writes the optimizer's variables alone.
 
+    With `keep="last"` only what resume needs stays: once an epoch's two
+    files are written, the checkpoints older than the epoch before it are
+    removed (resume passes over a damaged newest checkpoint to the one
+    before it), so a 100-epoch run leaves 4 files, not 200.
+
     Args:
         folder: where the checkpoints go.
         training: the training settings each prompt file records (see
             `save_prompt`).
+        keep: "last" (the newest two epochs) or "all" (every epoch).
     """
 
-    def __init__(self, folder, training=None):
+    def __init__(self, folder, training=None, keep="last"):
+        if keep not in KEEP_CHECKPOINTS:
+            raise ValueError(f"keep_checkpoints (--keep-checkpoints) must be one of {KEEP_CHECKPOINTS}, got {keep!r}.")
         self.folder = folder
         self.training = training
+        self.keep = keep
 
     def path(self, epoch):
         return os.path.join(self.folder, f"epoch_{epoch:03d}.safetensors")
@@ -135,6 +154,25 @@ class EpochCheckpoints:
         # The prompt file last: `epochs` trusts an epoch only once both exist.
         save_safetensors(self._optimizer_path(path), state)
         model.save_prompt(path, training=self.training)
+        if self.keep == "last":
+            self._remove_before(epoch)
+
+    def _remove_before(self, epoch):
+        """Removes the checkpoints older than the newest whole epoch before `epoch` (whole
+        files only: every file is written whole, then renamed)."""
+        older = [e for e in self.epochs() if e < epoch]
+        if not older:
+            return
+        for path in glob.glob(os.path.join(self.folder, "epoch_*.safetensors")):
+            match = re.search(r"epoch_(\d+)(\.optimizer)?\.safetensors$", os.path.basename(path))
+            # The prompt files first: `epochs` never trusts an epoch whose prompt file is gone.
+            if match and int(match.group(1)) < older[0] and not match.group(2):
+                _remove(path)
+                _remove(self._optimizer_path(path))
+        for path in glob.glob(os.path.join(self.folder, "epoch_*.optimizer.safetensors")):
+            match = re.search(r"epoch_(\d+)\.optimizer\.safetensors$", os.path.basename(path))
+            if match and int(match.group(1)) < older[0]:  # one a killed process left alone
+                _remove(path)
 
     @staticmethod
     def _state_variables(model):
@@ -174,6 +212,13 @@ class EpochCheckpoints:
             variables[name].assign(value)
 
 
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def _path_in(model, variable):
     """A variable's path without the model's own name, which Keras numbers by how many models of
     its class the process made before ("prompt_src_3/..."): a resumed run's model has another."""
@@ -203,6 +248,7 @@ def train_prompt_model(
     write_files=True,
     training=None,
     log=print,
+    record=None,
 ):
     """Trains a model of a method that learns with the paper's optimiser; the last epoch is kept.
 
@@ -224,6 +270,8 @@ def train_prompt_model(
         training: the training settings each checkpoint records (see
             `save_prompt`).
         log: function for progress lines.
+        record: function for lines meant for the run's log file alone (the
+            epoch lines `log` does not get, see `EpochLines`), or None.
 
     Returns:
         The logs (loss, accuracy) of each epoch trained here, as a list of dicts.
@@ -242,7 +290,7 @@ def train_prompt_model(
         ),
         jit_compile=xla,
     )
-    checkpoints = EpochCheckpoints(checkpoint_dir, training)
+    checkpoints = EpochCheckpoints(checkpoint_dir, training, keep=config.keep_checkpoints)
     # Only the chief's files count: another worker may not see them, or hold older ones.
     start = checkpoints.resume(model, log) if resume and write_files else 0
     strategy = model.distribute_strategy
@@ -257,9 +305,10 @@ def train_prompt_model(
             variable.assign(value)
     if start:
         log(f"  resumed after epoch {start} from {checkpoints.path(start) if write_files else 'the chief'}")
-    callbacks = []
+    verbose = progress_verbosity()
+    callbacks = [EpochLines(config.epochs, log if verbose == 0 else None, record)]
     if log_dir and write_files:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, update_freq="epoch"))
+        callbacks.append(EpochTensorBoard(log_dir, update_freq="epoch"))
     if write_files:
         callbacks.append(_SaveEachEpoch(checkpoints))
     callbacks.append(keras.callbacks.TerminateOnNaN())
@@ -284,7 +333,7 @@ def train_prompt_model(
     )
     result = model.fit(
         data, initial_epoch=start, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks, verbose=progress_verbosity(),
+        callbacks=callbacks, verbose=verbose,
     )
     losses = result.history.get("loss", [])
     if len(losses) < config.epochs - start or not all(map(math.isfinite, losses)):
@@ -303,3 +352,60 @@ class _SaveEachEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if math.isfinite((logs or {}).get("loss", 0.0)):  # never checkpoint a diverged model
             self.checkpoints.save(epoch + 1, self.model)
+
+
+def learning_rate(optimizer):
+    """The optimizer's learning rate now: its schedule's value at the next step."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's own
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class EpochLines(keras.callbacks.Callback):
+    """One line per epoch, "epoch 3/100: loss 1.2345, accuracy 56.2500, lr 0.002, 1.2 s": every
+    epoch to `record`, and to `log` at most `MAX_EPOCH_LINES` of them (evenly spaced, the
+    last one always).
+
+    Args:
+        epochs: the run's epochs.
+        log: function for the epoch lines shown (None: none, as under Keras' progress bar).
+        record: function for the others (the run's log file), or None.
+    """
+
+    def __init__(self, epochs, log=None, record=None):
+        super().__init__()
+        self.epochs = epochs
+        self.log = log
+        self.record = record
+        self.every = max(1, math.ceil(epochs / MAX_EPOCH_LINES))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+        self._learning_rate = learning_rate(self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = ", ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items())
+        line = (f"  epoch {epoch + 1}/{self.epochs}: {values}, lr {self._learning_rate:.4g}, "
+                f"{time.time() - self._started:.1f} s")
+        if self.log is not None and ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
+            self.log(line)
+        elif self.record is not None:
+            self.record(line)
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, whose `epoch_learning_rate` is the one the epoch's steps used.
+
+    Keras logs the optimizer's learning rate after the epoch's last step, which a schedule
+    stepped per epoch (`WarmupCosineSchedule`) has already moved to the next epoch's: the
+    warm-up epoch would show the peak rate.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._learning_rate = learning_rate(self.model.optimizer)
+
+    def _collect_learning_rate(self, logs):
+        logs = super()._collect_learning_rate(logs)
+        if "learning_rate" in logs:
+            logs["learning_rate"] = self._learning_rate
+        return logs
