@@ -198,3 +198,16 @@ def test_ivlp_and_promptsrc_flags_reach_the_run_config_and_bad_values_name_the_f
         assert main([*command, *flags]) == 2, flags
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and message in error, error
+
+
+def test_missing_dataset_errors_name_the_data_root_flag(tmp_path, capsys, monkeypatch):
+    from cocoop_tf.cli import main
+    from cocoop_tf.data.dataset import DATA_ROOT_VARIABLE
+
+    monkeypatch.delenv(DATA_ROOT_VARIABLE, raising=False)
+    command = ["train", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--output", str(tmp_path / "out")]
+    for flags in ([], ["--data-root", str(tmp_path / "nothing")]):
+        assert main([*command, *flags]) == 2
+        error = capsys.readouterr().err
+        assert "data_root (--data-root)" in error and "data_root=" not in error, error
+        assert error.count("\n") == 1, error
