@@ -22,6 +22,7 @@ from test_data_helpers import write_class_folders
 
 import cocoop_tf
 from cocoop_tf.cli import main
+from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.models import read_prompt
 
 
@@ -173,6 +174,44 @@ def test_a_prompt_of_another_method_names_the_flag_to_use(prompts, capsys):
         *_export(capsys, prompts / "promptsrc.safetensors", "--method", "ivlp"),
         "holds a PromptSRC prompt, not an IVLP one", "--method promptsrc, or no --method",
     )
+
+
+def test_a_prompt_on_another_backbone_names_both_before_any_vocabulary_check(prompts, capsys):
+    """The refusal names the backbone the file records (its source and fingerprint) and the one
+    given, before the given backbone's vocabulary or widths can fail the build."""
+    path = prompts / "cocoop.safetensors"
+    trained_on = read_prompt(path)[1]
+    assert trained_on["backbone_source"] == "random_tiny"
+    # Of the same widths, other weights, and a vocabulary without these words (as the demo's CLIP).
+    other = cocoop_tf.load_clip("random_tiny", seed=1)
+    other.known_token_ids = frozenset({49406, 49407, 320})
+    with pytest.raises(ValueError) as refused:
+        cocoop_tf.CoCoOp.from_prompt(other, path, classnames=["xylophone"])
+    message = str(refused.value)
+    assert "\n" not in message and "knows only" not in message, message
+    assert (
+        f"was trained on another backbone (random_tiny, weights fingerprint {trained_on['backbone']}) than "
+        f"this one (random_tiny, weights fingerprint {fingerprint(other)})" in message
+    ), message
+    assert "(--backbone random_tiny), or pass force=True" in message, message
+    # On the command line, a backbone of other widths (and vocabulary): one line naming both.
+    code, error = _command(
+        capsys, "evaluate", "--dataset", prompts / "images", "--backbone", "mini_clip", "--prompts", path,
+        "--output", prompts / "evaluate_on_mini_clip",
+    )
+    _one_line(
+        code, error, f"trained on another backbone (random_tiny, weights fingerprint {trained_on['backbone']}) "
+        "than this one (mini_clip, weights fingerprint", "its ctx_dim is 64 but this model's is 128",
+        "Load it on the backbone it was trained on (--backbone random_tiny)",
+    )
+    # A file written before backbone_source: named by its fingerprint alone.
+    _, recorded = read_prompt(path)
+    recorded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in recorded.items()
+                if k not in ("classnames", "backbone_source")}
+    save_file(load_file(str(path)), str(prompts / "unnamed.safetensors"), metadata=recorded)
+    with pytest.raises(ValueError, match=rf"trained on another backbone \(weights fingerprint {trained_on['backbone']}\) "
+                       r"than this one \(random_tiny, weights fingerprint [0-9a-f]{16}\)"):
+        cocoop_tf.CoCoOp.from_prompt(other, prompts / "unnamed.safetensors")
 
 
 def test_ivlp_and_promptsrc_prompts_are_evaluated_and_exported_as_saved(prompts, capsys):

@@ -91,7 +91,8 @@ def load_clip(
         seed: seed of the random configurations.
 
     Returns:
-        A frozen `keras_hub.models.CLIPBackbone`.
+        A frozen `keras_hub.models.CLIPBackbone`; its `source` attribute is
+        `source` (a prompt file records it).
     """
     source = os.fspath(source)
     named = registered_backbones()
@@ -118,7 +119,9 @@ def load_clip(
             f"nor a registered backbone ({_describe(named)}). "
             "Check the spelling or the path."
         )
-    return freeze(backbone)
+    backbone = freeze(backbone)
+    backbone.source = source  # named in a prompt file, and in its errors on another backbone
+    return backbone
 
 
 def _describe(named):

@@ -8,6 +8,8 @@ variable path) whose metadata (format `cocoop_tf.prompt/2`) holds:
   that `from_prompt` is `from_config` with the backbone given;
 - `backbone_widths`: the backbone's token and feature widths, as JSON;
 - `backbone`: the fingerprint of the backbone's weights;
+- `backbone_source` (optional): the name or path the backbone was loaded
+  from (`load_clip`'s `source`), to name it in errors;
 - `training` (optional): how the prompt was trained, as JSON.
 
 Files of format `cocoop_tf.prompt/1` (one string per setting) are still read.
@@ -30,6 +32,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 
+from cocoop_tf.clip.backbone import fingerprint
 from cocoop_tf.clip.prompts import shown
 from cocoop_tf.files import file_kind
 from cocoop_tf.files import save_safetensors
@@ -62,6 +65,14 @@ def backbone_widths(clip):
     return {"ctx_dim": int(clip.text_encoder.embedding_dim), "vis_dim": int(clip.projection_dim)}
 
 
+def backbone_source(clip, training=None):
+    """The name or path a backbone was loaded from, when known (`load_clip` records it)."""
+    source = getattr(clip, "source", None)
+    if source is None and isinstance(training, dict):
+        source = training.get("backbone")  # the --backbone of a run
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+
+
 def write_prompt(path, model, backbone, training=None):
     """Writes `model`'s trainable weights and config (see the module docstring)."""
     config = {k: v for k, v in model.get_config().items() if k not in _KERAS_KEYS}
@@ -72,6 +83,9 @@ def write_prompt(path, model, backbone, training=None):
         "backbone_widths": json.dumps(backbone_widths(model.clip)),
         "backbone": backbone,
     }
+    source = backbone_source(model.clip, training)
+    if source is not None:
+        metadata["backbone_source"] = source
     if training is not None:
         metadata["training"] = json.dumps(training)
     save_safetensors(path, {v.path: np.asarray(v) for v in model.trainable_weights}, metadata=metadata)
@@ -103,11 +117,16 @@ def read_prompt_header(path):
     return {name: entry[1] for name, entry in entries.items()}, metadata
 
 
-def load_prompt(model, path, force=False):
-    """Loads a prompt file into `model`, after checking that it fits (see `CLIPClassifier.load_prompt`)."""
+def load_prompt(model, path, force=False, backbone_checked=False):
+    """Loads a prompt file into `model`, after checking that it fits (see `CLIPClassifier.load_prompt`).
+
+    `backbone_checked`: `model_for_prompt` checked the backbone (and warned) already.
+    """
     with _open(path) as f:
         entries, metadata = _read_header(path, f)
-        _check_fits(model, path, metadata, {name: entry[1] for name, entry in entries.items()}, force)
+        _check_fits(
+            model, path, metadata, {name: entry[1] for name, entry in entries.items()}, force, backbone_checked
+        )
         tensors = _read_tensors(path, f, entries)
     for name, value in tensors.items():
         if not np.isfinite(value).all() or np.abs(value).max(initial=0) > MAX_PROMPT_VALUE:
@@ -137,7 +156,10 @@ def model_for_prompt(cls, clip, path, classnames=None, force=False, **kwargs):
             f"{str(path)!r} holds {_a(metadata['method'])} prompt, not {_a(cls.__name__)} one: load it "
             f"with {metadata['method']}.from_prompt{how}."
         )
-    _check_widths(path, metadata, clip)
+    # The backbone first: another backbone's vocabulary or widths would fail the
+    # build below with an error that does not say the prompt is not its own.
+    given = fingerprint(clip)
+    _check_backbone(path, metadata, clip, given, force, stacklevel=4)
     config = {**metadata["config"], **kwargs}
     if classnames is not None:
         config["classnames"] = list(classnames)
@@ -150,7 +172,8 @@ def model_for_prompt(cls, clip, path, classnames=None, force=False, **kwargs):
         raise ValueError(
             f"Prompt checkpoint {str(path)!r}: its config does not fit {cls.__name__} ({error}). {_AGAIN}"
         ) from None
-    model.load_prompt(path, force=force)
+    model._backbone_fingerprint = given  # computed once (see `backbone_fingerprint`)
+    load_prompt(model, path, force=force, backbone_checked=True)
     return model
 
 
@@ -186,15 +209,54 @@ def _method_name(class_name):
     return next((name for name, cls in METHODS.items() if cls.__name__ == class_name), None)
 
 
-def _check_widths(path, metadata, clip):
-    for key, value in backbone_widths(clip).items():
-        if metadata["backbone_widths"].get(key) != value:
-            raise ValueError(
-                f"Prompt checkpoint {str(path)!r} does not fit this model: its "
-                f"{key} is {metadata['backbone_widths'].get(key)} but this model's is {value}. "
-                "Load it into a model built the same way, on a backbone of the "
-                "same widths."
-            )
+def _check_backbone(path, metadata, clip, given, force, stacklevel):
+    """Refuses a prompt of another backbone, naming the one it records and the one given.
+
+    Other widths are refused even with `force` (the shapes cannot fit); the same
+    widths but other weights (`given` is `clip`'s fingerprint) unless `force`.
+    """
+    trained_on = metadata.get("backbone")
+    widths = backbone_widths(clip)
+    differing = [key for key, value in widths.items() if metadata["backbone_widths"].get(key) != value]
+    if not differing and trained_on == given:
+        return
+    recorded = metadata.get("backbone_source")
+    if recorded is None and isinstance(metadata.get("training"), dict):
+        recorded = metadata["training"].get("backbone")  # files written before backbone_source
+    recorded = recorded if isinstance(recorded, str) else None
+    theirs = _backbone_named(recorded, trained_on)
+    ours = _backbone_named(backbone_source(clip), given)
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"Prompt checkpoint {str(path)!r} was trained on another backbone ({theirs}) than "
+            f"this one ({ours}): its {key} is {metadata['backbone_widths'].get(key)} but this "
+            f"model's is {widths[key]}. Load it on the backbone it was trained on"
+            f"{_flag(recorded)}, or a model built the same way on a backbone of the same widths."
+        )
+    problem = (
+        f"Prompt checkpoint {str(path)!r} was trained on another backbone ({theirs}) than this "
+        f"one ({ours}), and its context means nothing on other weights"
+        if trained_on else
+        f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on "
+        f"(this one is {ours})"
+    )
+    if not force:
+        raise ValueError(
+            f"{problem}. Load the backbone it was trained on{_flag(recorded)}, or pass force=True "
+            "(--force on the command line) to load it anyway."
+        )
+    warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=stacklevel)
+
+
+def _backbone_named(source, weights):
+    """"random_tiny, weights fingerprint 0123...": a backbone as a prompt file or `load_clip` names it."""
+    fingerprint_text = f"weights fingerprint {weights}" if weights else "no weights fingerprint recorded"
+    return f"{shown(source) if len(repr(source)) > 60 else source}, {fingerprint_text}" if source else fingerprint_text
+
+
+def _flag(source):
+    return f" (--backbone {source})" if source and len(repr(source)) <= 60 else ""
 
 
 def _check_config(cls, path, config, shapes):
@@ -229,28 +291,14 @@ def _settings_of(cls):
     }
 
 
-def _check_fits(model, path, metadata, shapes, force):
+def _check_fits(model, path, metadata, shapes, force, backbone_checked=False):
     if metadata["method"] != type(model).__name__:
         raise ValueError(
             f"Prompt checkpoint {str(path)!r} does not fit this model: it holds "
             f"{_a(metadata['method'])} prompt, this model is {_a(type(model).__name__)}."
         )
-    _check_widths(path, metadata, model.clip)
-    trained_on = metadata.get("backbone")
-    if trained_on != model.backbone_fingerprint:
-        problem = (
-            f"Prompt checkpoint {str(path)!r} was trained on another backbone (weights "
-            f"fingerprint {trained_on}; this backbone's is {model.backbone_fingerprint}), and its "
-            "context means nothing on other weights"
-            if trained_on else
-            f"Prompt checkpoint {str(path)!r} does not record the backbone it was trained on"
-        )
-        if not force:
-            raise ValueError(
-                f"{problem}. Load the backbone it was trained on, or pass force=True "
-                "(--force on the command line) to load it anyway."
-            )
-        warnings.warn(f"{problem}; loading it anyway (force).", stacklevel=4)
+    if not backbone_checked:
+        _check_backbone(path, metadata, model.clip, model.backbone_fingerprint, force, stacklevel=5)
     variables = {v.path: v for v in model.trainable_weights}
     if set(variables) != set(shapes):
         raise ValueError(
@@ -453,7 +501,7 @@ def _from_format_1(path, metadata):
             f"Prompt checkpoint {str(path)!r}: a number in its metadata is not a whole number. {_AGAIN}"
         ) from None
     upgraded = {"method": metadata["method"], "config": config, "backbone_widths": widths}
-    for key in ("backbone", "training"):
+    for key in ("backbone", "backbone_source", "training"):
         if key in metadata:
             upgraded[key] = metadata[key]
     return upgraded
