@@ -95,3 +95,23 @@ def test_prompt_checkpoint_without_backbone_is_a_one_line_error(tmp_path, clip):
     assert result.returncode == 2
     assert "error:" in result.stderr and "--backbone" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_functional_graph_is_refused_with_how_to_export_it(tmp_path, clip, capsys):
+    """A user's keras.Model around our classifier: refused in one line that names Keras' own export
+    and ours of the classifier it holds."""
+    import keras
+
+    from cocoop_tf.cli import main
+
+    images = keras.Input((32, 32, 3))
+    graph = keras.Model(images, keras.layers.Softmax()(cocoop_tf.CoOp(clip, ["red", "green"], name="coop")(images)))
+    graph.save(tmp_path / "graph.keras")
+    code = main(["export", "--model", str(tmp_path / "graph.keras"), "--format", "saved_model",
+                 "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "Traceback" not in error, error
+    assert "holds a Functional model, not a classifier of a registered method" in error, error
+    assert 'keras.saving.load_model(PATH).export(OUTPUT, format="tf_saved_model")' in error, error
+    assert "cocoop_tf.export.export_saved_model(model.get_layer('coop'), OUTPUT)" in error, error
+    assert not (tmp_path / "out").exists()

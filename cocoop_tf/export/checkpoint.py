@@ -11,6 +11,7 @@ from cocoop_tf.files import file_kind
 from cocoop_tf.models import get_method
 from cocoop_tf.models import method_names
 from cocoop_tf.models import model_from_prompt
+from cocoop_tf.models.clip_classifier import CLIPClassifier
 
 
 def load_model(path, backbone=None, method=None, force=False):
@@ -30,6 +31,10 @@ def load_model(path, backbone=None, method=None, force=False):
 
     Returns:
         The model, with the classes it was trained on.
+
+    Raises:
+        ValueError: for a `.keras` file of another model than a classifier
+            (e.g. a functional graph built around one), naming how to export it.
     """
     path = os.fspath(path)
     try:
@@ -50,9 +55,12 @@ def load_model(path, backbone=None, method=None, force=False):
                 "--method apply to prompt checkpoints (.safetensors) only."
             )
         try:
-            return keras.saving.load_model(path)
+            model = keras.saving.load_model(path)
         except TypeError as error:  # a config naming what Keras cannot (or may not) build
             raise ValueError(f"{path!r} is not a .keras model this library can load: {error}") from None
+        if not isinstance(model, CLIPClassifier):
+            raise ValueError(_not_a_classifier(path, model))
+        return model
     if path.endswith(".safetensors"):
         if backbone is None:
             raise ValueError(
@@ -69,4 +77,21 @@ def load_model(path, backbone=None, method=None, force=False):
     raise ValueError(
         f"Cannot load {path!r}: expected a .keras file (model.save) or a "
         ".safetensors prompt checkpoint (model.save_prompt)."
+    )
+
+
+def _not_a_classifier(path, model):
+    """Why `export` refuses a `.keras` model of another kind, and how to export it instead."""
+    inner = [layer.name for layer in getattr(model, "layers", ()) if isinstance(layer, CLIPClassifier)]
+    ours = (
+        f"; or export the classifier it holds, cocoop_tf.export.export_saved_model("
+        f"model.get_layer({inner[0]!r}), OUTPUT), whose signatures are these"
+        if inner else ""
+    )
+    return (
+        f"{path!r} holds a {type(model).__name__} model, not a classifier of a registered method "
+        "(CoCoOp, CoOp, ...): cocoop-tf export writes only those, with serving signatures that take "
+        "images and class token ids. Export a graph of your own (e.g. a keras.Model built around "
+        "our layers) with Keras: keras.saving.load_model(PATH).export(OUTPUT, "
+        f'format="tf_saved_model"){ours}.'
     )
