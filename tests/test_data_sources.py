@@ -142,7 +142,7 @@ def test_missing_imagenet_classnames_file(tmp_path):
 
 def test_missing_data_root(monkeypatch):
     monkeypatch.delenv("COCOOP_TF_DATA", raising=False)
-    with pytest.raises(ValueError, match="needs data_root=.*COCOOP_TF_DATA"):
+    with pytest.raises(ValueError, match=r"needs data_root \(--data-root\).*COCOOP_TF_DATA"):
         load_dataset("dtd")
 
 

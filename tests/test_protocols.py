@@ -546,7 +546,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch, cli_here):
     monkeypatch.delenv("COCOOP_TF_DATA", raising=False)
     result = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
                       "--output", tmp_path / "out", env={"COCOOP_TF_DATA": ""})
-    assert result.returncode == 2 and "needs data_root=" in result.stderr
+    assert result.returncode == 2 and "needs data_root (--data-root)," in result.stderr
     missing = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny",
                        "--data-root", tmp_path / "nowhere", "--output", tmp_path / "out")
     assert missing.returncode == 2 and "oxford_pets" in missing.stderr

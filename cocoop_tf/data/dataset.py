@@ -520,9 +520,9 @@ def load_dataset(
         data_root = data_root or os.environ.get(DATA_ROOT_VARIABLE)
         if not data_root:
             raise ValueError(
-                f"load_dataset({name!r}) needs data_root=, the folder that holds the datasets "
-                f"in CoOp's layout ($DATA in CoOp's DATASETS.md, {benchmark.docs}), e.g. "
-                f"data_root='/data' with /data/{benchmark.folder}/ inside; or set the "
+                f"load_dataset({name!r}) needs data_root (--data-root), the folder that holds the "
+                f"datasets in CoOp's layout ($DATA in CoOp's DATASETS.md, {benchmark.docs}), e.g. "
+                f"data_root (--data-root) /data with /data/{benchmark.folder}/ inside; or set the "
                 f"environment variable {DATA_ROOT_VARIABLE}."
             )
         return ImageDataset(benchmark_source(benchmark, data_root, classnames_file))

@@ -473,7 +473,7 @@ def benchmark_source(benchmark, data_root, classnames_file=None):
         raise FileNotFoundError(
             f"Dataset {benchmark.name!r} not found: expected {what}. Prepare the folder "
             f"{benchmark.folder}/ as CoOp's DATASETS.md describes ({benchmark.docs}), "
-            f"and pass data_root= the folder that holds {benchmark.folder}/ (now {data_root!r})."
+            f"and pass data_root (--data-root), the folder that holds {benchmark.folder}/ (now {data_root!r})."
         )
     image_dir = os.path.normpath(os.path.join(folder, benchmark.image_dir))
     layout = benchmark.layout

@@ -232,10 +232,7 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
 
     def dataset(name):
         if name not in datasets:
-            try:
-                datasets[name] = load_dataset(name, config.data_root)
-            except (ValueError, FileNotFoundError) as error:
-                raise type(error)(_with_flags(str(error))) from None
+            datasets[name] = load_dataset(name, config.data_root)
         return datasets[name]
 
     learners = [m for m in config.methods if get_method(m).learns]
@@ -301,22 +298,6 @@ def plan_run(protocol, config, source, subset, evaluations, prompts, log=print):
     }
     return RunPlan(definition, config, source_name, source_data, subset, views, prompt_files, skipped,
                    settings, jobs)
-
-
-# load_dataset's errors name its Python arguments; a run's names the flag too ("data_root
-# (--data-root)"), as every setting of a RunConfig.
-_FLAG_NAMES = (
-    ("needs data_root=,", "needs data_root (--data-root),"),
-    ("e.g. data_root='/data' with", "e.g. data_root (--data-root) /data with"),
-    ("pass data_root= the folder", "pass data_root (--data-root), the folder"),
-    ("data_root=...", "data_root (--data-root)"),
-)
-
-
-def _with_flags(message):
-    for python, both in _FLAG_NAMES:
-        message = message.replace(python, both)
-    return message
 
 
 def train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log=print):
