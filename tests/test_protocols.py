@@ -80,7 +80,10 @@ def cli_here(capsys, monkeypatch):
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
         monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # an argument error, refused before the command starts
+            code = exit.code
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -557,7 +560,8 @@ def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch, cli_here):
 def test_unknown_dataset_and_bad_settings(data_root, tmp_path, cli_here):
     result = cli_here("base2new", "--dataset", "oxford_petz", "--backbone", "random_tiny",
                       "--data-root", data_root, "--output", tmp_path / "out")
-    assert result.returncode == 2 and "Unknown dataset 'oxford_petz'" in result.stderr
+    assert result.returncode == 2 and "unknown dataset 'oxford_petz'; did you mean oxford_pets?" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
     bad = cli_here("base2new", "--dataset", "oxford_pets", "--backbone", "random_tiny", "--n-ctx", 16,
                    "--data-root", data_root, "--output", tmp_path / "out")
     assert bad.returncode == 2 and "set n_ctx to 4, or ctx_init to none" in bad.stderr
