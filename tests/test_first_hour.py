@@ -153,3 +153,51 @@ def test_a_pipeline_at_another_size_than_the_backbones_names_image_size(tmp_path
         model(images)
     with pytest.raises(ValueError, match=r"image_size must be the backbone's resolution.*got None"):
         ds.to_tf_dataset("test", batch_size=2, training=False, image_size=None)
+
+
+def test_evaluating_a_folder_traces_each_model_once_and_never_warns_of_retracing(tmp_path, cli_here):
+    """TensorFlow warned of retracing on every run over a small folder: a new step was traced per
+    split. A model keeps its traced step while its classes stay, and traces anew for new ones."""
+    import logging
+
+    import tensorflow as tf
+
+    from cocoop_tf.data.dataset import load_dataset
+    from cocoop_tf.protocols.evaluation import predict_split
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logged = Lines()
+    tf.get_logger().addHandler(logged)
+    try:
+        root = tmp_path / "mine"
+        write_folder(root, {"": 6}, ["ant", "bee", "cat", "dog"])
+        # Batches of 3 of the 4 test images per half: a shorter last batch on every split.
+        run = cli_here("base2new", "--dataset", root, "--backbone", "random_tiny", "--methods", "zeroshot", "coop",
+                       "--seeds", 1, "--shots", 4, "--epochs", 1, "--warmup-epochs", 0, "--batch-size", 4,
+                       "--eval-batch-size", 3, "--output", tmp_path / "run")
+        assert run.returncode == 0, run.stderr[-3000:]
+        # The same model on the base classes, then on the new ones (a new trace), then the base again.
+        view = load_dataset(str(root))
+        model = cocoop_tf.CoOp(cocoop_tf.load_clip("random_tiny"), ["x"])
+        for variable in model.trainable_variables:  # an untrained model gives every image one class
+            variable.assign(np.random.default_rng(0).normal(0, 1, variable.shape))
+        for half in ("base", "new", "base"):
+            classes = view.subsample(half)
+            model.set_classnames(classes.classnames)
+            reference = np.concatenate([  # eagerly: Keras' predict traces its own function per class set
+                np.argmax(model(images), axis=-1)
+                for images, _ in classes.to_tf_dataset("test", 3, training=False, image_size=32)
+            ])
+            np.testing.assert_array_equal(predict_split(model, classes, "test", 3, 32, log=lambda line: None)[1],
+                                          reference)
+    finally:
+        tf.get_logger().removeHandler(logged)
+    said = "\n".join([run.stdout, run.stderr, *logged.lines])
+    assert "retracing" not in said, said

@@ -100,10 +100,7 @@ def predict_split(
         if shard_list else None
         for shard_list in mine
     ]
-    step = _predict_step(model)
-    run_step = tf.function(lambda inputs: strategy.run(step, args=(inputs,)), reduce_retracing=True)
-    # Traced once: an eager `strategy.gather` across workers builds a new function per call.
-    gather = tf.function(lambda values: strategy.gather(values, axis=0))
+    run_step, gather = _traced_steps(model, strategy)
     before = sum(shards[k][1] - shards[k][0] for k in done)
     counted, started = before, time.time()
     last_report = started
@@ -162,16 +159,50 @@ def remove_shards(shard_dir):
     shutil.rmtree(shard_dir, ignore_errors=True)
 
 
-def _predict_step(model):
-    jit = bool(model.compiled and model.jit_compile)
+def _traced_steps(model, strategy):
+    """`(run_step, gather)` of `model` on `strategy`: made once per model and class set.
 
-    @tf.function(jit_compile=jit)
+    A new tf.function per split traced again on every split of a run (TensorFlow
+    warned of retracing); a shorter last batch traces once more, with
+    `reduce_retracing`, for every size after. The class set's token ids are
+    constants of the trace, so a new class set (`set_classnames`) or strategy
+    traces anew.
+    """
+    jit = bool(model.compiled and model.jit_compile)
+    cached = getattr(model, "_traced_prediction_steps", None)
+    if cached is not None and cached.fits(model, strategy, jit):
+        return cached.run_step, cached.gather
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
     def step(images):
         logits = model(images, training=False)
         finite = tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32)), axis=-1)
         return tf.where(finite, tf.argmax(logits, axis=-1, output_type=tf.int32), _NOT_FINITE)
 
-    return step
+    run_step = tf.function(lambda inputs: strategy.run(step, args=(inputs,)), reduce_retracing=True)
+    # Traced once: an eager `strategy.gather` across workers builds a new function per call.
+    gather = tf.function(lambda values: strategy.gather(values, axis=0))
+    for function in (step, run_step, gather):
+        # One trace per model and class set is by design (their weights and classes are
+        # constants of the graph), not the accident TensorFlow's heuristic warns of: it
+        # counts the traces of every function of the same code, whichever model it serves.
+        function._omit_frequent_tracing_warning = True
+    # On the model (not in a global map, which its functions would keep alive).
+    model._traced_prediction_steps = _TracedSteps(model.token_ids, strategy, jit, run_step, gather)
+    return run_step, gather
+
+
+class _TracedSteps:
+    """A model's traced prediction steps and what they were traced for."""
+
+    __slots__ = ("token_ids", "strategy", "jit", "run_step", "gather")
+
+    def __init__(self, token_ids, strategy, jit, run_step, gather):
+        self.token_ids, self.strategy, self.jit = token_ids, strategy, jit
+        self.run_step, self.gather = run_step, gather
+
+    def fits(self, model, strategy, jit):
+        return self.token_ids is model.token_ids and self.strategy is strategy and self.jit == jit
 
 
 def _gather(strategy, gather, first, predicted, shard_size, round_shards, shards):
