@@ -10,7 +10,7 @@ it is loaded (see `cocoop_tf/import_hooks.py`), so `import cocoop_tf` before
 `keras.saving.load_model` is enough to load a saved model.
 """
 
-import importlib
+from cocoop_tf.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,22 +38,7 @@ _EXPORTS = {
 }
 _SUBPACKAGES = ("clip", "data", "demo", "export", "layers", "models", "protocols", "training")
 
-__all__ = [*_EXPORTS, *_SUBPACKAGES]
-
-
-def __getattr__(name):
-    """Loads a public name's module on first use (PEP 562)."""
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS, _SUBPACKAGES)
 
 
 # Keras (TensorFlow) imported first: it can only learn our classes now.

@@ -4,7 +4,7 @@ The names load their modules on first use (PEP 562), so that the
 registry of named backbones (`named_backbones`) costs nothing to import.
 """
 
-import importlib
+from cocoop_tf.lazy_exports import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -20,16 +20,4 @@ _EXPORTS = {
     "tokenize": "cocoop_tf.clip.tokenizer",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)

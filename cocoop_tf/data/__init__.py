@@ -9,7 +9,7 @@ names (`benchmarks`) and the registry of named datasets (`named_datasets`)
 cost nothing to import.
 """
 
-import importlib
+from cocoop_tf.lazy_exports import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -28,16 +28,4 @@ _EXPORTS = {
     "resize_and_center_crop": "cocoop_tf.data.transforms",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)
