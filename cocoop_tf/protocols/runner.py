@@ -192,7 +192,7 @@ def run_protocol(
             set_seeds(seed if seed is not None else 0, config.deterministic)
             with strategy.scope():
                 if prompt is not None:
-                    model = _model_from_prompt(clip, prompt, force)
+                    model = model_from_prompt(clip, prompt, force=force)
                 elif get_method(method).learns:
                     model = train_job(plan, method, seed, clip, folder, run_dir, image_size, resume, log)
                 else:
@@ -392,7 +392,7 @@ def _build_every_model(clip, plan, force):
     """Builds each model the run will build, on each class set it will take; raises what they raise."""
     config = plan.config
     if plan.prompts:
-        models = [_model_from_prompt(clip, path, force) for path, _ in plan.prompts]
+        models = [model_from_prompt(clip, path, force=force) for path, _ in plan.prompts]
     else:
         classnames = plan.source_data.subsample(plan.subset).classnames if plan.source_data else None
         template = plan.source_data.template if plan.source_data else None
@@ -527,9 +527,3 @@ def _claim_shards(shards, settings):
     if not os.path.exists(record):
         write_text(record, json.dumps(settings))
 
-
-def _model_from_prompt(clip, path, force=False):
-    try:
-        return model_from_prompt(clip, path, force=force)
-    except ValueError as error:
-        raise ValueError(f"{error} (backbone: the --backbone given here)") from None
