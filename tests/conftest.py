@@ -1,6 +1,8 @@
 import contextlib
 import os
 import resource
+import subprocess
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -88,3 +90,23 @@ def memory_limit(headroom=1 << 30):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """`cocoop-tf` in this process, with its exit status and what it printed (a process of
+    its own adds TensorFlow's start-up, seconds, and nothing else to check)."""
+    from cocoop_tf.cli import main
+
+    def run(*args, env=None):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # an argument error, refused before the command starts
+            code = exit.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

@@ -9,7 +9,6 @@ as written on the trial backbones (32-pixel `random_tiny`, `mini_clip`).
 import json
 import pathlib
 import re
-import subprocess
 import warnings
 
 import numpy as np
@@ -34,20 +33,6 @@ FILES = {
     "7.TIF": ("TIFF", {}),
 }
 LEFT_OUT = ("6.tiff", "7.TIF")
-
-
-@pytest.fixture
-def cli_here(capsys, monkeypatch):
-    """`cocoop-tf` in this process (a process of its own adds only TensorFlow's start-up)."""
-    from cocoop_tf.cli import main
-
-    def run(*args):
-        monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def write_photo(path, fmt, seed, mode="RGB", lossless=False):

@@ -5,9 +5,7 @@ import json
 import os
 import re
 import struct
-import subprocess
 import threading
-import warnings
 import zlib
 
 import numpy as np
@@ -24,20 +22,6 @@ from cocoop_tf.data.checks import find_corrupt_images
 from cocoop_tf.data.image_files import MAX_IMAGE_BYTES
 from cocoop_tf.data.image_files import MAX_IMAGE_PIXELS
 from cocoop_tf.protocols import load_predictions
-
-
-@pytest.fixture
-def cli_here(capsys, monkeypatch):
-    """`cocoop-tf` in this process (a process of its own adds only TensorFlow's start-up)."""
-    from cocoop_tf.cli import main
-
-    def run(*args):
-        monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -68,26 +67,6 @@ def cli(*args, env=None, **kwargs):
         ["cocoop-tf", *map(str, args)], capture_output=True, text=True,
         env={**user_environment(), **(env or {})}, **kwargs,
     )
-
-
-@pytest.fixture
-def cli_here(capsys, monkeypatch):
-    """`cocoop-tf` in this process, for errors that stop a command before it starts work
-    (a process of its own adds TensorFlow's start-up, seconds, and nothing else to check)."""
-    from cocoop_tf.cli import main
-
-    def run(*args, env=None):
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setattr("warnings.showwarning", warnings.showwarning)  # main replaces it
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit:  # an argument error, refused before the command starts
-            code = exit.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def recount(folder, results):
